@@ -1,0 +1,1 @@
+"""The data world: sample schema, shard I/O, and pure renderers shared by every app."""

@@ -1,0 +1,212 @@
+"""Pure rendering functions: pose maps, track maps, overlays and contact sheets.
+
+All positions follow the convention of ``fgbg.data.schema``: continuous pixel
+coordinates, origin at the top-left corner of the top-left pixel, so the pixel
+under point ``(x, y)`` is ``[floor(y), floor(x)]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from fgbg.data.schema import OPENPOSE18_BONES, OPENPOSE18_COLORS
+
+TRACK_MAP_CHANNELS = 3  # (dx, dy, presence); see render_track_maps
+_SHIFT = 4  # cv2 sub-pixel drawing: coordinates carry 4 fractional bits
+
+
+def pose_line_width(height: int, width: int, scale: float = 1.0) -> int:
+    """Limb thickness in pixels for a map of this size (2 px at 64x64, 1 px at 32x32)."""
+    return max(1, int(round(min(height, width) / 32.0 * scale)))
+
+
+def _cv_point(x: float, y: float) -> tuple[int, int]:
+    # cv2 draws in pixel-centre coordinates; ours have the origin at the corner.
+    return int(round((x - 0.5) * (1 << _SHIFT))), int(round((y - 0.5) * (1 << _SHIFT)))
+
+
+def draw_pose(
+    canvas: np.ndarray,
+    keypoints: np.ndarray,
+    conf_threshold: float = 0.3,
+    line_width: int | None = None,
+    point_radius: int | None = None,
+) -> np.ndarray:
+    """Draw one OpenPose-18 skeleton onto ``canvas`` (H, W, 3) uint8, in place; returns it.
+
+    keypoints: (K, 3) x, y, confidence. Bones whose two ends are below
+    ``conf_threshold`` are not drawn; colours follow OpenPose's palette.
+    """
+    h, w = canvas.shape[:2]
+    lw = line_width if line_width is not None else pose_line_width(h, w)
+    pr = point_radius if point_radius is not None else lw
+    ok = keypoints[:, 2] >= conf_threshold
+    for i, (a, b) in enumerate(OPENPOSE18_BONES):
+        if ok[a] and ok[b]:
+            color = tuple(int(c * 0.8) for c in OPENPOSE18_COLORS[i % len(OPENPOSE18_COLORS)])
+            cv2.line(canvas, _cv_point(*keypoints[a, :2]), _cv_point(*keypoints[b, :2]), color, lw, cv2.LINE_AA, _SHIFT)
+    for k in np.flatnonzero(ok):
+        if k < len(OPENPOSE18_COLORS):
+            cv2.circle(canvas, _cv_point(*keypoints[k, :2]), pr << _SHIFT, OPENPOSE18_COLORS[k], -1, cv2.LINE_AA, _SHIFT)
+    return canvas
+
+
+def render_pose_maps(
+    pose: np.ndarray, height: int, width: int, conf_threshold: float = 0.3, line_scale: float = 1.0
+) -> np.ndarray:
+    """(T, K, 3) keypoints -> (T, 3, H, W) float32 pose maps in [0, 1] (OpenPose colours on black)."""
+    lw = pose_line_width(height, width, line_scale)
+    out = np.zeros((pose.shape[0], height, width, 3), np.uint8)
+    for t in range(pose.shape[0]):
+        draw_pose(out[t], pose[t], conf_threshold, lw)
+    return out.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
+def render_track_maps(
+    tracks: np.ndarray,
+    visible: np.ndarray,
+    anchor: np.ndarray,
+    anchor_visible: np.ndarray,
+    height: int,
+    width: int,
+    sigma: float | None = None,
+) -> np.ndarray:
+    """Sparse tracks -> dense per-frame maps, (T, 3, H, W) float32.
+
+    tracks: (T, N, 2) positions; visible: (T, N) bool; anchor: (N, 2) positions
+    of the same points in the reference image; anchor_visible: (N,) bool (False
+    also for padding). Each point visible at frame t and in the reference is
+    splatted as a Gaussian (std ``sigma`` px, default ``max(H, W) / 32``) at its
+    frame-t position. Channels:
+
+    0, 1: displacement from the reference, ``(x_t - x_ref) / W`` and
+          ``(y_t - y_ref) / H`` (weighted mean of overlapping splats)
+    2:    presence, ``min(1, sum of splat weights)``
+    """
+    t_len, n = visible.shape
+    out = np.zeros((t_len, TRACK_MAP_CHANNELS, height, width), np.float32)
+    if n == 0:
+        return out
+    sigma = float(sigma) if sigma else max(height, width) / 32.0
+    ys = np.arange(height, dtype=np.float32) + 0.5
+    xs = np.arange(width, dtype=np.float32) + 0.5
+    scale = np.array([width, height], np.float32)
+    for t in range(t_len):
+        sel = visible[t] & anchor_visible
+        if not sel.any():
+            continue
+        p = tracks[t, sel]  # (M, 2)
+        d = (p - anchor[sel]) / scale  # (M, 2)
+        gx = np.exp(-0.5 * ((xs[None, :] - p[:, :1]) / sigma) ** 2)  # (M, W)
+        gy = np.exp(-0.5 * ((ys[None, :] - p[:, 1:]) / sigma) ** 2)  # (M, H)
+        wsum = np.einsum("mh,mw->hw", gy, gx)
+        dx = np.einsum("mh,mw,m->hw", gy, gx, d[:, 0])
+        dy = np.einsum("mh,mw,m->hw", gy, gx, d[:, 1])
+        presence = np.minimum(wsum, 1.0)
+        norm = presence / np.maximum(wsum, 1e-6)
+        out[t, 0] = dx * norm
+        out[t, 1] = dy * norm
+        out[t, 2] = presence
+    return out
+
+
+_TRACK_PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
+    np.uint8,
+)  # fmt: skip
+
+
+def draw_overlay(
+    frame: np.ndarray,
+    keypoints: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+    points_visible: np.ndarray | None = None,
+    trails: np.ndarray | None = None,
+    scale: int = 1,
+    conf_threshold: float = 0.3,
+) -> np.ndarray:
+    """Upscale ``frame`` (H, W, 3) by ``scale`` and draw skeleton and track points on it.
+
+    points: (N, 2) positions in the frame's pixels; trails: (S, N, 2) earlier
+    positions drawn as a thin line per point. Visible points are filled dots,
+    occluded ones hollow.
+    """
+    img = np.ascontiguousarray(np.repeat(np.repeat(frame, scale, 0), scale, 1)) if scale > 1 else frame.copy()
+    h, w = img.shape[:2]
+    if keypoints is not None:
+        kp = keypoints.copy()
+        kp[:, :2] *= scale
+        draw_pose(img, kp, conf_threshold, line_width=max(1, pose_line_width(h, w) // 2))
+    if points is not None:
+        vis = np.ones(len(points), bool) if points_visible is None else points_visible
+        r = max(2, h // 96)
+        for i, (x, y) in enumerate(points * scale):
+            color = tuple(int(c) for c in _TRACK_PALETTE[i % len(_TRACK_PALETTE)])
+            if trails is not None and len(trails) > 1:
+                pts = np.array([_cv_point(*q) for q in trails[:, i] * scale], np.int32)
+                cv2.polylines(img, [pts], False, color, 1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(img, _cv_point(x, y), r << _SHIFT, color, -1 if vis[i] else 1, cv2.LINE_AA, _SHIFT)
+    return img
+
+
+def contact_sheet(
+    rows: Sequence[dict],
+    num_columns: int = 8,
+    min_size: int = 128,
+    gap: int = 2,
+) -> np.ndarray:
+    """Build one image from several clips, one row per clip, frames sampled evenly.
+
+    Each row is a dict with ``frames`` (T, H, W, 3) uint8 and optionally
+    ``pose`` (T, K, 3), ``tracks`` (T, N, 2), ``visible`` (T, N) and ``label``.
+    Frames are upscaled (nearest) to at least ``min_size`` pixels high so the
+    overlays stay legible. Returns (H', W', 3) uint8.
+    """
+    tiles_rows = []
+    for row in rows:
+        frames = row["frames"]
+        t = frames.shape[0]
+        idx = np.unique(np.linspace(0, t - 1, min(num_columns, t)).round().astype(int))
+        scale = max(1, int(np.ceil(min_size / frames.shape[1])))
+        tiles = []
+        for i in idx:
+            trails = row["tracks"][max(0, i - 4) : i + 1] if row.get("tracks") is not None else None
+            tiles.append(
+                draw_overlay(
+                    frames[i],
+                    keypoints=row["pose"][i] if row.get("pose") is not None else None,
+                    points=row["tracks"][i] if row.get("tracks") is not None else None,
+                    points_visible=row["visible"][i] if row.get("visible") is not None else None,
+                    trails=trails,
+                    scale=scale,
+                )
+            )
+        th, tw = tiles[0].shape[:2]
+        line = np.full((th, len(tiles) * (tw + gap) - gap, 3), 255, np.uint8)
+        for j, tile in enumerate(tiles):
+            line[:, j * (tw + gap) : j * (tw + gap) + tw] = tile
+        label = row.get("label")
+        if label:
+            cv2.putText(line, str(label), (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles_rows.append(line)
+    width = max(r.shape[1] for r in tiles_rows)
+    sheet = np.full((sum(r.shape[0] for r in tiles_rows) + gap * (len(tiles_rows) - 1), width, 3), 255, np.uint8)
+    y = 0
+    for r in tiles_rows:
+        sheet[y : y + r.shape[0], : r.shape[1]] = r
+        y += r.shape[0] + gap
+    return sheet
+
+
+def save_png(image: np.ndarray, path) -> None:
+    """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    import os
+
+    tmp = f"{path}.tmp"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
