@@ -149,8 +149,16 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def encode_clip(clip: Clip, frame_format: str = "png", jpeg_quality: int = 95) -> dict[str, bytes | str]:
-    """Clip -> dict of WebDataset entries (``__key__`` plus file bytes)."""
-    clip.validate()
+    """Clip -> dict of WebDataset entries (``__key__`` plus file bytes).
+
+    ``num_frames``, ``height``, ``width`` and ``schema_version`` of the metadata
+    are filled in from the arrays.
+    """
+    meta = dict(clip.meta)
+    meta.setdefault("schema_version", SCHEMA_VERSION)
+    meta["num_frames"], meta["height"], meta["width"] = clip.num_frames, *clip.size
+    meta = {k: v for k, v in meta.items() if not k.startswith("__")}
+    Clip(clip.frames, clip.masks, clip.pose, clip.tracks, clip.visible, meta, clip.key).validate()
     if frame_format == "png":
         frames = ("frames.png", _stack_png(clip.frames))
     elif frame_format == "jpg":
@@ -160,9 +168,6 @@ def encode_clip(clip: Clip, frame_format: str = "png", jpeg_quality: int = 95) -
         frames = ("frames.jpg", buf.getvalue())
     else:
         raise ValueError(f"frame_format must be 'png' or 'jpg', got {frame_format!r}")
-    meta = dict(clip.meta)
-    meta.setdefault("schema_version", SCHEMA_VERSION)
-    meta["num_frames"], meta["height"], meta["width"] = clip.num_frames, *clip.size
     return {
         "__key__": clip.key,
         frames[0]: frames[1],
