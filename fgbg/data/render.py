@@ -210,3 +210,54 @@ def save_png(image: np.ndarray, path) -> None:
     tmp = f"{path}.tmp"
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+# Bones that carry flesh (arms, legs, neck-hip lines); face bones are covered by the head disc.
+_BODY_LIMBS = ((1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13), (1, 0))  # fmt: skip
+_TORSO = (2, 5, 11, 8)  # r_shoulder, l_shoulder, l_hip, r_hip
+_HEAD = (0, 14, 15, 16, 17)  # nose, eyes, ears
+
+
+def render_body_region(
+    keypoints: np.ndarray,
+    height: int,
+    width: int,
+    conf_threshold: float = 0.3,
+    limb_scale: float = 1.0,
+) -> np.ndarray:
+    """(T, K, 3) OpenPose-18 keypoints -> (T, 1, H, W) float32 coarse person region in {0, 1}.
+
+    Drawn from the keypoints alone (so it exists at generation time too): thick
+    limbs, the filled torso quadrilateral and a head disc. Thickness follows the
+    person's size: ``limb_scale * 0.5 * b`` where ``b`` is the median length of
+    the confident limbs (``min(H, W) / 16`` when none is confident); the head
+    disc has radius ``0.6 * b`` around the mean of the confident face points.
+    Keypoints below ``conf_threshold`` are ignored.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints must be (T, K, 3), got {keypoints.shape}")
+    out = np.zeros((keypoints.shape[0], height, width), np.uint8)
+    for t, kp in enumerate(keypoints):
+        ok = kp[:, 2] >= conf_threshold
+        limbs = [(a, b) for a, b in _BODY_LIMBS if a < len(kp) and b < len(kp) and ok[a] and ok[b]]
+        if not ok.any():
+            continue
+        lengths = [float(np.hypot(*(kp[a, :2] - kp[b, :2]))) for a, b in limbs]
+        body = float(np.median(lengths)) if lengths else min(height, width) / 16.0
+        thickness = max(1, int(round(limb_scale * 0.5 * body)))
+        canvas = out[t]
+        for a, b in limbs:
+            cv2.line(canvas, _cv_point(*kp[a, :2]), _cv_point(*kp[b, :2]), 1, thickness, cv2.LINE_8, _SHIFT)
+        torso = [i for i in _TORSO if i < len(kp) and ok[i]]
+        if len(torso) >= 3:
+            pts = np.array([_cv_point(*kp[i, :2]) for i in torso], np.int32)
+            cv2.fillConvexPoly(canvas, cv2.convexHull(pts), 1, cv2.LINE_8, _SHIFT)
+        head = [i for i in _HEAD if i < len(kp) and ok[i]]
+        if head:
+            centre = kp[head, :2].mean(0)
+            radius = max(1.0, 0.6 * body * limb_scale)
+            cv2.circle(canvas, _cv_point(*centre), int(round(radius * (1 << _SHIFT))), 1, -1, cv2.LINE_8, _SHIFT)
+        # Confident joints are always covered, even when no bone reaches them.
+        for k in np.flatnonzero(ok):
+            cv2.circle(canvas, _cv_point(*kp[k, :2]), max(1, thickness // 2) << _SHIFT, 1, -1, cv2.LINE_8, _SHIFT)
+    return out[:, None].astype(np.float32)

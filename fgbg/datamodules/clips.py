@@ -1,0 +1,423 @@
+"""WebDataset clips -> training batches of the batch contract (``fgbg.data.conditioning``).
+
+Training: every (rank, worker) draws its own endless stream of shards with
+``webdataset.ResampledShards``, seeded by ``(seed, rank, worker, epoch)``, so
+streams differ across ranks and workers yet a run is reproducible; clips go
+through a shuffle buffer, get a random temporal window, reference frame, crop,
+flip and track subset, and are batched inside the worker. An epoch is a fixed
+``epoch_len`` samples across all ranks.
+
+Validation: the shard list is read once, without augmentation; every sample is
+delivered exactly once across ranks and workers (shards split over the
+``world_size * num_workers`` slots when there are enough of them, else samples
+split by their index). Window, reference and tracks of a validation sample
+depend only on ``seed`` and its key, not on how the data was split.
+
+Bad data never stops a run: ``fgbg.data.shards.iter_clips`` skips truncated
+shards and bad samples with a warning naming shard and key, and counts them in
+``ClipDataModule.skip_counter`` (shared with the worker processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fgbg.data.conditioning import build_conditions, collate_conditions, select_tracks
+from fgbg.data.schema import Clip
+from fgbg.data.shards import SkipCounter, iter_clips
+from fgbg.data.transforms import augment_clip, fit_clip
+
+log = logging.getLogger(__name__)
+
+REFERENCE_MODES = ("random", "first", "window_first")
+
+
+def expand_shards(shards: str | Sequence[str], check_exist: bool = True) -> list[str]:
+    """Brace pattern(s) such as ``data/train-{000000..000009}.tar`` -> list of paths.
+
+    Raises ``FileNotFoundError`` naming the missing local files.
+    """
+    items = [shards] if isinstance(shards, str) else [str(s) for s in shards]
+    urls = [u for item in items for u in wds.shardlists.expand_urls(item)]
+    if not urls:
+        raise ValueError(f"no shards in {shards!r}: expected a brace pattern or a list of .tar paths")
+    if check_exist:
+        missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(urls)} shards of {shards!r} do not exist: {missing[:3]}{more}"
+            )
+    return urls
+
+
+def _take_frames(clip: Clip, index: Sequence[int]) -> Clip:
+    idx = np.asarray(index)
+    return replace(
+        clip,
+        frames=clip.frames[idx],
+        masks=clip.masks[idx],
+        pose=clip.pose[idx],
+        tracks=clip.tracks[idx],
+        visible=clip.visible[idx],
+    )
+
+
+@dataclass
+class ExampleBuilder:
+    """Turns one stored clip into one sample of the batch contract (picklable, for workers).
+
+    Picks a ``clip_len`` window, the reference frame (``reference`` mode), the
+    link frame (the stored frame before the window), crops/resizes/flips the
+    frames it needs, draws the track subset from the tracks visible in the
+    (transformed) reference frame and calls ``build_conditions``.
+    """
+
+    resolution: int = 32
+    clip_len: int = 8
+    min_tracks: int = 5
+    max_tracks: int = 50
+    reference: str = "random"
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    flip_prob: float = 0.5
+    pose_line_scale: float = 1.0
+    pose_conf_threshold: float = 0.3
+    track_sigma: float | None = None
+    body_limb_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCE_MODES:
+            raise ValueError(f"data.reference must be one of {REFERENCE_MODES}, got {self.reference!r}")
+        if self.clip_len < 1 or self.resolution < 8:
+            raise ValueError(f"need clip_len >= 1 and resolution >= 8, got {self.clip_len} and {self.resolution}")
+        if not 0 <= self.min_tracks <= self.max_tracks:
+            raise ValueError(f"need 0 <= min_tracks <= max_tracks, got {self.min_tracks} and {self.max_tracks}")
+        self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
+
+    def __call__(self, clip: Clip, rng: np.random.Generator, augment: bool) -> dict[str, Any]:
+        t_stored, t = clip.num_frames, self.clip_len
+        if t_stored < t:
+            raise ValueError(
+                f"sample {clip.key!r} of shard {clip.meta.get('__url__')} has {t_stored} frames, "
+                f"fewer than data.clip_len={t}"
+            )
+        start = int(rng.integers(0, t_stored - t + 1))
+        ref = {"random": lambda: int(rng.integers(0, t_stored)), "first": lambda: 0, "window_first": lambda: start}[
+            self.reference
+        ]()
+        link = start - 1 if start > 0 else None
+        index = [*range(start, start + t), ref] + ([link] if link is not None else [])
+        sub = _take_frames(clip, index)
+        res = self.resolution
+        if augment:
+            sub = augment_clip(sub, rng, res, res, self.crop_scale, self.flip_prob)
+        else:
+            sub = fit_clip(sub, res, res)
+        chosen = select_tracks(rng, sub.visible[t], self.min_tracks, self.max_tracks)
+        return build_conditions(
+            height=res,
+            width=res,
+            frames=sub.frames[:t],
+            masks=sub.masks[:t],
+            keypoints=sub.pose[:t],
+            tracks=sub.tracks[:t, chosen],
+            track_visible=sub.visible[:t, chosen],
+            reference_frame=sub.frames[t],
+            reference_mask=sub.masks[t],
+            reference_keypoints=sub.pose[t],
+            track_anchor=sub.tracks[t, chosen],
+            track_anchor_visible=sub.visible[t, chosen],
+            link_frame=sub.frames[t + 1] if link is not None else None,
+            max_tracks=self.max_tracks,
+            pose_conf_threshold=self.pose_conf_threshold,
+            pose_line_scale=self.pose_line_scale,
+            track_sigma=self.track_sigma,
+            body_limb_scale=self.body_limb_scale,
+            key=clip.key,
+        )
+
+
+def _seed_int(*entropy: int) -> int:
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+
+
+class ClipStream(IterableDataset):
+    """Batches of the contract from shards, for one rank; splits work over DataLoader workers itself.
+
+    train=True: endless resampled shards, ``num_batches`` batches per epoch for
+    this rank (shared out over the workers), full batches only.
+    train=False: one deterministic pass, the last batch may be short.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        builder: ExampleBuilder,
+        batch_size: int,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_batches: int | None = None,
+        shuffle_buffer: int = 256,
+        counter: SkipCounter | None = None,
+    ):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if train and (num_batches is None or num_batches < 1):
+            raise ValueError(f"a training stream needs num_batches >= 1, got {num_batches}")
+        self.urls = list(urls)
+        self.builder = builder
+        self.batch_size = batch_size
+        self.train = train
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.num_batches = num_batches
+        self.shuffle_buffer = shuffle_buffer
+        self.counter = counter
+        self.epoch = -1  # per process: persistent workers keep counting
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("a validation stream has no length known in advance")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.epoch += 1
+        if self.train:
+            return self._train_batches(worker, num_workers)
+        return self._val_batches(worker, num_workers)
+
+    # -- training -----------------------------------------------------------------------
+    def _clips_until_dry(self, shard_stream: Iterator[dict]) -> Iterator[Clip]:
+        """iter_clips over an endless shard stream; raise if many shards in a row give nothing."""
+        limit = max(100, 10 * len(self.urls))
+        empty_in_a_row = 0
+
+        def shards() -> Iterator[dict]:
+            nonlocal empty_in_a_row
+            for shard in shard_stream:
+                empty_in_a_row += 1
+                if empty_in_a_row > limit:
+                    raise RuntimeError(
+                        f"{limit} shards in a row gave no readable sample; check the training shards "
+                        f"{self.urls[:3]}{'...' if len(self.urls) > 3 else ''} (skips: {self.counter and self.counter.as_dict()})"
+                    )
+                yield shard
+
+        for clip in iter_clips(shards(), self.counter):
+            empty_in_a_row = 0
+            yield clip
+
+    def _train_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        quota = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
+        stream_seed = _seed_int(self.seed, self.rank, worker, self.epoch)
+        rng = np.random.default_rng(stream_seed)
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True),
+            self._clips_until_dry,
+            wds.shuffle(self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 2), rng=random.Random(stream_seed)),
+            wds.map(lambda clip: self.builder(clip, rng, augment=True)),
+            wds.batched(self.batch_size, collation_fn=collate_conditions, partial=False),
+        )
+        return islice(iter(pipeline), quota)
+
+    # -- validation ---------------------------------------------------------------------
+    def _val_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        slots = self.world_size * num_workers
+        slot = self.rank * num_workers + worker
+        if len(self.urls) >= slots:
+            # Enough shards: each (rank, worker) reads its own shards.
+            stages = [wds.SimpleShardList(self.urls), lambda src: islice(src, slot, None, slots)]
+            stages.append(lambda shards: iter_clips(shards, self.counter))
+        else:
+            # Few shards: every slot reads all of them and keeps every slots-th sample.
+            # Skips are counted once per process (by its worker 0), not once per slot.
+            counter = self.counter if worker == 0 else None
+            stages = [wds.SimpleShardList(self.urls), lambda shards: iter_clips(shards, counter)]
+            stages.append(lambda clips: (c for i, c in enumerate(clips) if i % slots == slot))
+        pipeline = wds.DataPipeline(
+            *stages,
+            wds.map(self._val_example),
+            wds.batched(self.batch_size, collation_fn=collate_conditions, partial=True),
+        )
+        return iter(pipeline)
+
+    def _val_example(self, clip: Clip) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, zlib.crc32(clip.key.encode())])
+        return self.builder(clip, rng, augment=False)
+
+
+class ClipDataModule(pl.LightningDataModule):
+    """Train/val DataLoaders of contract batches from WebDataset clip shards.
+
+    ``batch_size`` is per device; alternatively give ``global_batch_size``
+    (divided by the world size). ``epoch_len`` is the number of training
+    samples per epoch across all ranks (rounded up to whole batches per rank).
+    ``rank`` / ``world_size`` override what ``torch.distributed`` or the
+    trainer say (for tests and custom launchers).
+    """
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str] | None = None,
+        val_shards: str | Sequence[str] | None = None,
+        resolution: int = 32,
+        clip_len: int = 8,
+        min_tracks: int = 5,
+        max_tracks: int = 50,
+        reference: str = "random",
+        crop_scale: Sequence[float] = (0.8, 1.0),
+        flip_prob: float = 0.5,
+        pose_line_scale: float = 1.0,
+        pose_conf_threshold: float = 0.3,
+        track_sigma: float | None = None,
+        body_limb_scale: float = 1.0,
+        batch_size: int | None = 4,
+        global_batch_size: int | None = None,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        epoch_len: int = 1024,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["rank", "world_size"])
+        if batch_size is None and global_batch_size is None:
+            raise ValueError("give data.batch_size (per device) or data.global_batch_size")
+        for name, value in (("batch_size", batch_size), ("global_batch_size", global_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if epoch_len < 1:
+            raise ValueError(f"data.epoch_len must be >= 1, got {epoch_len}")
+        self.train_shards = train_shards
+        self.val_shards = val_shards
+        self.builder = ExampleBuilder(
+            resolution=resolution,
+            clip_len=clip_len,
+            min_tracks=min_tracks,
+            max_tracks=max_tracks,
+            reference=reference,
+            crop_scale=tuple(crop_scale),
+            flip_prob=flip_prob,
+            pose_line_scale=pose_line_scale,
+            pose_conf_threshold=pose_conf_threshold,
+            track_sigma=track_sigma,
+            body_limb_scale=body_limb_scale,
+        )
+        self._batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.epoch_len = epoch_len
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self._rank_override = rank
+        self._world_override = world_size
+        self.skip_counter = SkipCounter()
+
+    # -- distributed context ------------------------------------------------------------
+    def rank_and_world(self) -> tuple[int, int]:
+        """(rank, world size): overrides, else torch.distributed, else the trainer, else RANK/WORLD_SIZE."""
+        if self._rank_override is not None or self._world_override is not None:
+            return int(self._rank_override or 0), int(self._world_override or 1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if self.trainer is not None:
+            return int(self.trainer.global_rank), int(self.trainer.world_size)
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    @property
+    def batch_size(self) -> int:
+        """Per-device batch size (``global_batch_size / world_size`` when that was given)."""
+        if self.global_batch_size is None:
+            return int(self._batch_size)
+        world = self.rank_and_world()[1]
+        if self.global_batch_size % world:
+            raise ValueError(f"data.global_batch_size={self.global_batch_size} is not divisible by world size {world}")
+        return self.global_batch_size // world
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:  # e.g. Lightning's batch-size finder
+        self._batch_size, self.global_batch_size = int(value), None
+
+    @property
+    def batches_per_rank(self) -> int:
+        """Training batches per epoch on each rank: ``ceil(epoch_len / (batch_size * world))``."""
+        return max(1, math.ceil(self.epoch_len / (self.batch_size * self.rank_and_world()[1])))
+
+    # -- loaders --------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_shards is None:
+            raise ValueError("data.train_shards is not set: give a brace pattern like data/train-{000000..000009}.tar")
+        _ = self.batch_size  # fail early on an indivisible global batch size
+
+    def _loader(self, dataset: ClipStream) -> DataLoader:
+        pin = self.pin_memory
+        if pin is None:
+            root = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
+            pin = torch.cuda.is_available() and (root is None or root.type == "cuda")
+        return DataLoader(
+            dataset,
+            batch_size=None,  # batched inside the workers
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=pin,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_shards is None:
+            raise ValueError("data.train_shards is not set: give a brace pattern like data/train-{000000..000009}.tar")
+        rank, world = self.rank_and_world()
+        stream = ClipStream(
+            expand_shards(self.train_shards),
+            self.builder,
+            batch_size=self.batch_size,
+            train=True,
+            rank=rank,
+            world_size=world,
+            seed=self.seed,
+            num_batches=self.batches_per_rank,
+            shuffle_buffer=self.shuffle_buffer,
+            counter=self.skip_counter,
+        )
+        return self._loader(stream)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_shards is None:
+            return []  # Lightning skips validation
+        rank, world = self.rank_and_world()
+        stream = ClipStream(
+            expand_shards(self.val_shards),
+            self.builder,
+            batch_size=self.val_batch_size or self.batch_size,
+            train=False,
+            rank=rank,
+            world_size=world,
+            seed=self.seed,
+            counter=self.skip_counter,
+        )
+        return self._loader(stream)
