@@ -1,0 +1,71 @@
+"""Clip-by-clip long-video sampling as a Lightning ``predict_step``.
+
+``LongVideoPredictor`` wraps a trained model that offers
+
+- ``encode_reference(reference, reference_mask) -> ctx``: ReferenceNet bank and
+  global image tokens, computed once per video;
+- ``sample_clip(ctx, cond, link_frame, num_inference_steps, scheduler,
+  guidance, generator) -> (B, T, 3, H, W)`` in [-1, 1].
+
+Job 0 encodes the reference; every job samples one clip from the same context
+(reference features injected at every clip) and, for k > 0, the last frame of
+clip k-1 as its link frame. Only that one frame is kept between jobs, so memory
+does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class LongVideoPredictor(L.LightningModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        num_inference_steps: int = 20,
+        scheduler: str = "ddim",
+        guidance: dict[str, float] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.num_inference_steps = num_inference_steps
+        self.scheduler_name = scheduler
+        self.guidance = dict(guidance or {})
+        self.seed = seed
+        self.ctx = None
+        self.last_frame: torch.Tensor | None = None
+        self.clip_seconds: list[float] = []
+
+    def on_predict_start(self) -> None:
+        self.ctx = None
+        self.last_frame = None
+        self.clip_seconds = []
+        self.model.eval()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if self.ctx is None:
+            self.ctx = self.model.encode_reference(batch["reference"], batch.get("reference_mask"))
+        k = int(batch["clip_index"][0])
+        # One generator per clip, seeded by (seed, clip index): a clip's noise does not depend on the others.
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + k)
+        cond = {n: v for n, v in batch.items() if n not in ("reference", "reference_mask", "key")}
+        if self.last_frame is not None:
+            cond["link_available"] = torch.ones_like(batch["link_available"])
+        frames = self.model.sample_clip(
+            self.ctx,
+            cond,
+            link_frame=self.last_frame,
+            num_inference_steps=self.num_inference_steps,
+            scheduler=self.scheduler_name,
+            guidance=self.guidance,
+            generator=generator,
+        )
+        self.last_frame = frames[:, -1].detach()
+        self.clip_seconds.append(time.perf_counter() - t0)
+        return {"frames": frames.detach(), "clip_index": k, "start": int(batch["start"][0])}
