@@ -1,0 +1,4 @@
+from fgbg.preprocess.app import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""``fgbg-preprocess``: folders of real videos -> shards of the sample schema plus a manifest.
+
+``preprocess(cfg)`` is the plain function (tests call it through Hydra's compose
+API); ``main`` is the Hydra wrapper behind the console script and
+``python -m fgbg.preprocess``.
+
+Resumability: the parent process alone writes the manifest, atomically (temp
+file + rename) after every finished video. A rerun skips every video the
+manifest lists as ``done`` or ``skipped`` (failed ones are retried); a video
+that was interrupted has its partial shards removed and is redone. Each video
+has its own shard files, named from its id, so the output of an interrupted and
+resumed run equals that of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fgbg.preprocess.decode import VIDEO_EXTENSIONS
+from fgbg.preprocess.pipeline import Backends, VideoSource, build_backends, process_video, video_shards
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+FINISHED = ("done", "skipped")
+# Keys that do not change what is written: they are left out of the settings a manifest is tied to.
+_RUN_KEYS = ("input", "output", "workers", "part", "overwrite")
+_LIST_SUFFIXES = (".txt", ".lst", ".list")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's conf/ (editable install)
+
+
+def video_id_for(relative: str) -> str:
+    """A stable, shard- and key-safe id: sanitised stem plus 8 hex digits of the relative path.
+
+    WebDataset splits keys at the first dot, so ids hold only ``[A-Za-z0-9_-]``.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(relative).stem).strip("_")[:48] or "video"
+    return f"{stem}-{hashlib.sha1(relative.encode()).hexdigest()[:8]}"
+
+
+def list_videos(inputs) -> list[VideoSource]:
+    """A file, a folder (recursive, by extension) or a list file, or a list of those -> sorted sources.
+
+    Ids come from paths relative to the folder or list file, so moving a corpus
+    keeps them. Raises ``FileNotFoundError`` naming a missing input.
+    """
+    items = list(inputs) if isinstance(inputs, (list, tuple, ListConfig)) else [inputs]
+    sources: dict[str, VideoSource] = {}
+    for item in items:
+        root = Path(str(item)).expanduser()
+        if root.is_dir():
+            found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+            pairs = [(p, p.relative_to(root).as_posix()) for p in found]
+        elif root.is_file() and root.suffix.lower() in _LIST_SUFFIXES:
+            pairs = []
+            for line in root.read_text().splitlines():
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                path = Path(line).expanduser()
+                path = path if path.is_absolute() else root.parent / path
+                pairs.append((path, line))
+        elif root.is_file():
+            pairs = [(root, root.name)]
+        else:
+            raise FileNotFoundError(f"input: no such file or folder {str(item)!r}")
+        for path, rel in pairs:
+            source = VideoSource(str(path.resolve()), video_id_for(rel))
+            sources.setdefault(source.video_id, source)
+    return sorted(sources.values(), key=lambda s: s.video_id)
+
+
+def parse_part(part) -> tuple[int, int] | None:
+    """``"I/N"`` (0 <= I < N) -> (I, N); None -> None."""
+    if part is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(part))
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"part must be 'I/N' with 0 <= I < N (e.g. part=0/4), got {part!r}")
+    return int(match[1]), int(match[2])
+
+
+def select_part(sources: list, part: tuple[int, int] | None) -> list:
+    """The I-th of N contiguous, near-equal parts of ``sources`` (sizes differ by at most one)."""
+    if part is None:
+        return sources
+    i, n = part
+    return sources[len(sources) * i // n : len(sources) * (i + 1) // n]
+
+
+def manifest_name(part: tuple[int, int] | None) -> str:
+    """``manifest.json``, or one file per part so parts can share an output folder."""
+    return "manifest.json" if part is None else f"manifest.part{part[0]:03d}-of-{part[1]:03d}.json"
+
+
+def settings_of(cfg: DictConfig) -> dict:
+    """The resolved config minus the run keys: what decides the content of the shards."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in container.items() if k not in _RUN_KEYS and k != "hydra"}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Manifest:
+    """``{"version", "settings", "videos": {video_id: entry}}`` kept on disk after every change."""
+
+    def __init__(self, path: Path, settings: dict, overwrite: bool):
+        self.path = path
+        self.data = {"version": MANIFEST_VERSION, "settings": settings, "videos": {}}
+        if path.exists() and not overwrite:
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON ({err}); fix it or rerun with overwrite=true") from None
+            if old.get("settings") != settings:
+                changed = sorted(
+                    k
+                    for k in set(old.get("settings", {})) | set(settings)
+                    if old.get("settings", {}).get(k) != settings.get(k)
+                )
+                raise ValueError(
+                    f"{path} was written with different settings (changed: {changed}); "
+                    "use another output folder, or overwrite=true to redo every video"
+                )
+            self.data["videos"] = old.get("videos", {})
+
+    def finished(self) -> set[str]:
+        return {vid for vid, e in self.data["videos"].items() if e.get("status") in FINISHED}
+
+    def record(self, entry: dict) -> None:
+        self.data["videos"][entry["video_id"]] = entry
+        write_json_atomic(self.path, self.data)
+
+
+def finished_elsewhere(out_dir: Path, own: Path, settings: dict) -> set[str]:
+    """Videos finished according to the other manifests of ``out_dir`` with the same settings."""
+    done: set[str] = set()
+    for path in sorted(out_dir.glob("manifest*.json")):
+        if path == own:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("settings") == settings:
+            done |= {v for v, e in data.get("videos", {}).items() if e.get("status") in FINISHED}
+    return done
+
+
+def run_one(source: VideoSource, out_dir: Path, cfg: DictConfig, backends: Backends) -> dict:
+    """``process_video`` that never raises: an unexpected error becomes a ``failed`` entry."""
+    try:
+        return process_video(source, out_dir, cfg, backends)
+    except Exception as err:  # one bad video must not stop a corpus run
+        log.error("%s failed:\n%s", source.path, traceback.format_exc())
+        for shard in video_shards(out_dir, source.video_id):
+            shard.unlink(missing_ok=True)
+        return {
+            "video_id": source.video_id,
+            "source": source.path,
+            "status": "failed",
+            "reason": f"{type(err).__name__}: {err}",
+        }
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(cfg_container: dict, out_dir: str) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool already uses every core
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    cfg = OmegaConf.create(cfg_container)
+    _WORKER.update(cfg=cfg, out_dir=Path(out_dir), backends=build_backends(cfg))
+
+
+def _worker_run(source: VideoSource) -> dict:
+    return run_one(source, _WORKER["out_dir"], _WORKER["cfg"], _WORKER["backends"])
+
+
+def _log_entry(done: int, total: int, entry: dict) -> None:
+    if entry["status"] == "done":
+        timing = entry["timing"]
+        log.info(
+            "[%d/%d] %s: %d clips, pose in %.0f%% of frames, %s tracks/clip, %.1f s (%.0f frames/s)",
+            done, total, entry["video_id"], entry["clips"], 100 * entry["pose_detection_rate"],
+            min(entry["tracks_per_clip"]), timing["seconds"], timing["frames_per_second"],
+        )  # fmt: skip
+    else:
+        log.warning("[%d/%d] %s %s: %s", done, total, entry["video_id"], entry["status"], entry["reason"])
+
+
+def preprocess(cfg: DictConfig) -> dict:
+    """Process every unfinished video of ``cfg.input`` into ``cfg.output``; returns the manifest data."""
+    part = parse_part(cfg.part)
+    out_dir = Path(str(cfg.output)).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(cfg)
+    manifest = Manifest(out_dir / manifest_name(part), settings, bool(cfg.overwrite))
+    sources = select_part(list_videos(cfg.input), part)
+    skip = set() if cfg.overwrite else manifest.finished() | finished_elsewhere(out_dir, manifest.path, settings)
+    todo = [s for s in sources if s.video_id not in skip]
+    log.info("%d videos in input%s, %d finished, %d to do -> %s", len(sources), f" part {cfg.part}" if part else "",
+             len(sources) - len(todo), len(todo), out_dir)  # fmt: skip
+    workers = max(1, int(cfg.workers))
+    start = time.perf_counter()
+    if workers == 1 or len(todo) <= 1:
+        backends = build_backends(cfg)
+        try:
+            for n, source in enumerate(todo, 1):
+                entry = run_one(source, out_dir, cfg, backends)
+                manifest.record(entry)
+                _log_entry(n, len(todo), entry)
+        finally:
+            backends.close()
+    elif todo:
+        build_backends(cfg).close()  # fail here, with the real message, on a bad backend config
+        container = OmegaConf.to_container(cfg, resolve=True)
+        container.pop("hydra", None)
+        with ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(container, str(out_dir))
+        ) as pool:
+            futures = [pool.submit(_worker_run, s) for s in todo]
+            for n, future in enumerate(as_completed(futures), 1):
+                entry = future.result()
+                manifest.record(entry)
+                _log_entry(n, len(todo), entry)
+    videos = manifest.data["videos"]
+    counts = {s: sum(e["status"] == s for e in videos.values()) for s in ("done", "skipped", "failed")}
+    frames = sum(videos[s.video_id].get("frames_processed", 0) for s in todo if s.video_id in videos)
+    seconds = time.perf_counter() - start
+    log.info("finished: %s; this run %d frames in %.1f s (%.1f frames/s); manifest %s", counts, frames, seconds,
+             frames / max(seconds, 1e-9), manifest.path)  # fmt: skip
+    return manifest.data
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="preprocess")
+def main(cfg: DictConfig) -> None:
+    preprocess(cfg)
