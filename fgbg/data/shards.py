@@ -157,12 +157,15 @@ def iter_tar_groups(url: str, stream=None) -> Iterator[dict[str, Any]]:
                     continue
                 prefix, ext = base.split(".", 1)
                 key = os.path.join(os.path.dirname(name), prefix)
+                # A new key completes the previous group: yield it before reading on, so a
+                # cut inside this member does not lose the complete sample before it.
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
                 data = tf.extractfile(member).read()
                 if len(data) != member.size:
                     raise EOFError(f"member {name} truncated")
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
+                if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[ext] = data
             if current is not None:
