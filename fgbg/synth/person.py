@@ -350,12 +350,12 @@ def keypoints_from_points(points: np.ndarray, body: Body, theta: np.ndarray, hei
 
 
 def _window(lo: np.ndarray, hi: np.ndarray, height: int, width: int):
-    """Pixel window covering the box [lo, hi] (x, y); returns slices and pixel-centre grids, or None."""
+    """Pixel window covering the box [lo, hi] (x, y): slices, pixel-centre x (1, w) and y (h, 1); or None."""
     x0, y0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
     x1, y1 = min(width, int(np.ceil(hi[0])) + 1), min(height, int(np.ceil(hi[1])) + 1)
     if x0 >= x1 or y0 >= y1:
         return None
-    xs, ys = np.meshgrid(np.arange(x0, x1) + 0.5, np.arange(y0, y1) + 0.5)
+    xs, ys = np.arange(x0, x1)[None, :] + 0.5, np.arange(y0, y1)[:, None] + 0.5  # broadcast to the window
     return (slice(y0, y1), slice(x0, x1)), xs, ys
 
 
@@ -368,7 +368,7 @@ def capsule_mask(p0: np.ndarray, p1: np.ndarray, radius: float, height: int, wid
     sl, xs, ys = win
     d = p1 - p0
     length2 = float(d @ d)
-    u = np.zeros_like(xs) if length2 < 1e-12 else np.clip(((xs - p0[0]) * d[0] + (ys - p0[1]) * d[1]) / length2, 0, 1)
+    u = 0.0 if length2 < 1e-12 else np.clip(((xs - p0[0]) * d[0] + (ys - p0[1]) * d[1]) / length2, 0, 1)
     mask[sl] = (xs - p0[0] - u * d[0]) ** 2 + (ys - p0[1] - u * d[1]) ** 2 <= radius * radius
     return mask
 
@@ -381,7 +381,7 @@ def convex_polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarr
     if win is None or len(hull) < 3:
         return mask
     sl, xs, ys = win
-    inside = np.ones(xs.shape, bool)
+    inside = np.ones((ys.shape[0], xs.shape[1]), bool)
     area2 = np.sum(hull[:, 0] * np.roll(hull[:, 1], -1) - np.roll(hull[:, 0], -1) * hull[:, 1])
     sign = np.sign(area2) or 1.0
     for p, q in zip(hull, np.roll(hull, -1, 0)):

@@ -163,7 +163,8 @@ def sample_tracks(
     visible at frame t iff it lies in the frame, no pixel within
     ``cfg.occlusion_margin`` of the pixel under it is person or an element in
     front of it, and (for element points) its element fully covers that
-    neighbourhood. The ``num_tracks`` candidates visible in the most frames are kept.
+    neighbourhood. The ``num_tracks`` candidates visible in the most frames are kept
+    (with a random bonus of up to a quarter of the clip, so partly occluded points stay too).
     """
     h, w, margin = world.height, world.width, cfg.occlusion_margin
     cam = world.camera.world_to_image[frames]
@@ -208,7 +209,9 @@ def sample_tracks(
         project_and_test(apply_affine(element_to_image(world, element)[frames], texels[None]), e + 1)
     tracks = np.concatenate(positions, 1) if positions else np.zeros((t_len, 0, 2))
     vis = np.concatenate(visible, 1) if visible else np.zeros((t_len, 0), bool)
-    score = vis.sum(0) + rng.uniform(0, 0.5, vis.shape[1])  # random tie-break among equally visible points
+    # prefer points visible in many frames, with a random bonus of up to a quarter of the clip so that
+    # points that get occluded or leave the frame for a while are kept too
+    score = vis.sum(0) + rng.uniform(0, 0.25 * t_len, vis.shape[1])
     keep = np.sort(np.argsort(-score, kind="stable")[: cfg.num_tracks])
     return tracks[:, keep].astype(np.float32), vis[:, keep]
 
