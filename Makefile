@@ -42,7 +42,7 @@ test-full: $(STAMP) ## Run every test, slow ones and the shard fuzzer included
 	$(PY) -m pytest -q --timeout=3600
 
 demo: $(STAMP) ## Render a small synthetic world and its contact sheet into outputs/demo
-	$(VENV)/bin/fgbg-synth output=outputs/demo/shards num_videos=4 seed=0 sheet=outputs/demo/contact_sheet.png
+	$(VENV)/bin/fgbg-synth output=outputs/demo/shards num_videos=4 seed=0 overwrite=true sheet=outputs/demo/contact_sheet.png
 
 lint: $(STAMP) ## Static checks (ruff)
 	$(VENV)/bin/ruff check fgbg tests bench

@@ -126,6 +126,9 @@ def test_tracks_follow_the_rendered_pixels(camera):
         rendering = render_world(world)
         tracks, visible = sample_tracks(np.random.default_rng(i), world, rendering, slice(None), cfg)
         assert tracks.shape == (cfg.num_frames, cfg.num_tracks, 2) and visible.any(1).all()
+        t_idx, n_idx = np.nonzero(visible)
+        under = np.floor(tracks[t_idx, n_idx]).astype(int)  # the pixel under each visible point
+        assert not rendering.masks[t_idx, under[:, 1], under[:, 0]].any(), "a visible track lies on the person"
         for t in range(1, cfg.num_frames):
             both = visible[0] & visible[t]
             first = bilinear(rendering.frames[0], tracks[0, both])

@@ -19,7 +19,7 @@ class SynthConfig:
     split: str = "train"
     num_videos: int = 8
     clips_per_video: int = 1
-    videos_per_shard: int = 64
+    videos_per_shard: int = 16
     seed: int = 0
     workers: int = 0  # 0: render in this process; N: N processes (output order and bytes unchanged)
     overwrite: bool = False  # allow writing into a folder that already holds `{split}-*.tar` shards
