@@ -152,5 +152,5 @@ def test_body_region_ignores_unconfident_keypoints():
     kp[OPENPOSE18_NAMES.index("nose"), 2] = 1.0
     only_head = render_body_region(kp[None], H, W)[0, 0]
     assert only_head[int(kp[0, 1]), int(kp[0, 0])] == 1 and only_head.mean() < 0.1
-    with pytest.raises(ValueError, match=r"\(T, K, 3\)"):
+    with pytest.raises(ValueError, match=r"\(T, K >= 18, 3\)"):
         render_body_region(kp, H, W)

@@ -29,6 +29,21 @@ def _cv_point(x: float, y: float) -> tuple[int, int]:
     return int(round((x - 0.5) * (1 << _SHIFT))), int(round((y - 0.5) * (1 << _SHIFT)))
 
 
+def _cv_points(xy: np.ndarray) -> list:
+    """(..., 2) corner-origin points -> nested lists of cv2 fixed-point ints (``_cv_point``, vectorised).
+
+    Clipped to +-2**26 so the shifted values stay inside int32 (such points are far off any canvas).
+    """
+    fixed = np.round((np.asarray(xy, np.float64) - 0.5) * (1 << _SHIFT))
+    return np.clip(fixed, -(2**26), 2**26).astype(np.int64).tolist()
+
+
+# Bone colours: the keypoint palette dimmed to 80 %, as OpenPose draws limbs.
+_BONE_COLORS = tuple(
+    tuple(int(c * 0.8) for c in OPENPOSE18_COLORS[i % len(OPENPOSE18_COLORS)]) for i in range(len(OPENPOSE18_BONES))
+)
+
+
 def draw_pose(
     canvas: np.ndarray,
     keypoints: np.ndarray,
@@ -44,14 +59,14 @@ def draw_pose(
     h, w = canvas.shape[:2]
     lw = line_width if line_width is not None else pose_line_width(h, w)
     pr = point_radius if point_radius is not None else lw
-    ok = keypoints[:, 2] >= conf_threshold
+    ok = (keypoints[:, 2] >= conf_threshold).tolist()
+    pts = [tuple(p) for p in _cv_points(keypoints[:, :2])]
     for i, (a, b) in enumerate(OPENPOSE18_BONES):
         if ok[a] and ok[b]:
-            color = tuple(int(c * 0.8) for c in OPENPOSE18_COLORS[i % len(OPENPOSE18_COLORS)])
-            cv2.line(canvas, _cv_point(*keypoints[a, :2]), _cv_point(*keypoints[b, :2]), color, lw, cv2.LINE_AA, _SHIFT)
-    for k in np.flatnonzero(ok):
-        if k < len(OPENPOSE18_COLORS):
-            cv2.circle(canvas, _cv_point(*keypoints[k, :2]), pr << _SHIFT, OPENPOSE18_COLORS[k], -1, cv2.LINE_AA, _SHIFT)
+            cv2.line(canvas, pts[a], pts[b], _BONE_COLORS[i], lw, cv2.LINE_AA, _SHIFT)
+    for k in range(min(len(ok), len(OPENPOSE18_COLORS))):
+        if ok[k]:
+            cv2.circle(canvas, pts[k], pr << _SHIFT, OPENPOSE18_COLORS[k], -1, cv2.LINE_AA, _SHIFT)
     return canvas
 
 
@@ -88,30 +103,25 @@ def render_track_maps(
     2:    presence, ``min(1, sum of splat weights)``
     """
     t_len, n = visible.shape
-    out = np.zeros((t_len, TRACK_MAP_CHANNELS, height, width), np.float32)
-    if n == 0:
-        return out
+    sel = visible & anchor_visible[None]  # (T, N)
+    if n == 0 or not sel.any():
+        return np.zeros((t_len, TRACK_MAP_CHANNELS, height, width), np.float32)
     sigma = float(sigma) if sigma else max(height, width) / 32.0
     ys = np.arange(height, dtype=np.float32) + 0.5
     xs = np.arange(width, dtype=np.float32) + 0.5
-    scale = np.array([width, height], np.float32)
-    for t in range(t_len):
-        sel = visible[t] & anchor_visible
-        if not sel.any():
-            continue
-        p = tracks[t, sel]  # (M, 2)
-        d = (p - anchor[sel]) / scale  # (M, 2)
-        gx = np.exp(-0.5 * ((xs[None, :] - p[:, :1]) / sigma) ** 2)  # (M, W)
-        gy = np.exp(-0.5 * ((ys[None, :] - p[:, 1:]) / sigma) ** 2)  # (M, H)
-        wsum = np.einsum("mh,mw->hw", gy, gx)
-        dx = np.einsum("mh,mw,m->hw", gy, gx, d[:, 0])
-        dy = np.einsum("mh,mw,m->hw", gy, gx, d[:, 1])
-        presence = np.minimum(wsum, 1.0)
-        norm = presence / np.maximum(wsum, 1e-6)
-        out[t, 0] = dx * norm
-        out[t, 1] = dy * norm
-        out[t, 2] = presence
-    return out
+    # Unselected points (hidden, padding; possibly NaN) are zeroed so they cannot leak into the sums.
+    tracks = np.where(sel[..., None], tracks, 0).astype(np.float32, copy=False)
+    anchor = np.where(anchor_visible[:, None], anchor, 0).astype(np.float32, copy=False)
+    d = (tracks - anchor[None]) / np.array([width, height], np.float32)  # (T, N, 2)
+    # Separable Gaussians; points not selected get weight 0 through gx.
+    gx = np.exp(-0.5 * ((xs - tracks[..., :1]) / sigma) ** 2) * sel[..., None]  # (T, N, W)
+    gy = np.exp(-0.5 * ((ys - tracks[..., 1:]) / sigma) ** 2)  # (T, N, H)
+    weighted = np.stack([gx, gx * d[..., :1], gx * d[..., 1:]], 1)  # (T, 3, N, W)
+    # One batched matmul over frames: sum_n gy[n, h] * weighted[c, n, w] -> (T, 3, H, W)
+    wsum, dx, dy = np.moveaxis(np.matmul(gy.transpose(0, 2, 1)[:, None], weighted), 1, 0)
+    presence = np.minimum(wsum, 1.0)
+    norm = presence / np.maximum(wsum, 1e-6)
+    return np.stack([dx * norm, dy * norm, presence], 1).astype(np.float32, copy=False)
 
 
 _TRACK_PALETTE = np.array(
@@ -234,30 +244,33 @@ def render_body_region(
     disc has radius ``0.6 * b`` around the mean of the confident face points.
     Keypoints below ``conf_threshold`` are ignored.
     """
-    if keypoints.ndim != 3 or keypoints.shape[2] != 3:
-        raise ValueError(f"keypoints must be (T, K, 3), got {keypoints.shape}")
-    out = np.zeros((keypoints.shape[0], height, width), np.uint8)
-    for t, kp in enumerate(keypoints):
-        ok = kp[:, 2] >= conf_threshold
-        limbs = [(a, b) for a, b in _BODY_LIMBS if a < len(kp) and b < len(kp) and ok[a] and ok[b]]
-        if not ok.any():
-            continue
-        lengths = [float(np.hypot(*(kp[a, :2] - kp[b, :2]))) for a, b in limbs]
-        body = float(np.median(lengths)) if lengths else min(height, width) / 16.0
-        thickness = max(1, int(round(limb_scale * 0.5 * body)))
-        canvas = out[t]
-        for a, b in limbs:
-            cv2.line(canvas, _cv_point(*kp[a, :2]), _cv_point(*kp[b, :2]), 1, thickness, cv2.LINE_8, _SHIFT)
-        torso = [i for i in _TORSO if i < len(kp) and ok[i]]
+    if keypoints.ndim != 3 or keypoints.shape[2] != 3 or keypoints.shape[1] < 18:
+        raise ValueError(f"keypoints must be (T, K >= 18, 3) in OpenPose-18 order, got {keypoints.shape}")
+    t_len = keypoints.shape[0]
+    out = np.zeros((t_len, height, width), np.uint8)
+    ok = keypoints[..., 2] >= conf_threshold  # (T, K)
+    limbs = np.array(_BODY_LIMBS)
+    limb_ok = ok[:, limbs[:, 0]] & ok[:, limbs[:, 1]]  # (T, L)
+    lengths = np.linalg.norm(keypoints[:, limbs[:, 0], :2] - keypoints[:, limbs[:, 1], :2], axis=-1)
+    fallback = min(height, width) / 16.0
+    body = np.array([np.median(lengths[t][limb_ok[t]]) if limb_ok[t].any() else fallback for t in range(t_len)])
+    thickness = np.maximum(1, np.round(limb_scale * 0.5 * body)).astype(int).tolist()
+    pts = _cv_points(keypoints[..., :2])
+    head = list(_HEAD)
+    for t in np.flatnonzero(ok.any(1)).tolist():
+        canvas, p, lw = out[t], pts[t], thickness[t]
+        for (a, b), draw in zip(_BODY_LIMBS, limb_ok[t].tolist()):
+            if draw:
+                cv2.line(canvas, p[a], p[b], 1, lw, cv2.LINE_8, _SHIFT)
+        torso = [p[i] for i in _TORSO if ok[t, i]]
         if len(torso) >= 3:
-            pts = np.array([_cv_point(*kp[i, :2]) for i in torso], np.int32)
-            cv2.fillConvexPoly(canvas, cv2.convexHull(pts), 1, cv2.LINE_8, _SHIFT)
-        head = [i for i in _HEAD if i < len(kp) and ok[i]]
-        if head:
-            centre = kp[head, :2].mean(0)
-            radius = max(1.0, 0.6 * body * limb_scale)
-            cv2.circle(canvas, _cv_point(*centre), int(round(radius * (1 << _SHIFT))), 1, -1, cv2.LINE_8, _SHIFT)
+            cv2.fillConvexPoly(canvas, cv2.convexHull(np.array(torso, np.int32)), 1, cv2.LINE_8, _SHIFT)
+        face = ok[t, head]
+        if face.any():
+            centre = _cv_points(keypoints[t, head][face, :2].mean(0))
+            radius = max(1.0, 0.6 * body[t] * limb_scale)
+            cv2.circle(canvas, centre, int(round(radius * (1 << _SHIFT))), 1, -1, cv2.LINE_8, _SHIFT)
         # Confident joints are always covered, even when no bone reaches them.
-        for k in np.flatnonzero(ok):
-            cv2.circle(canvas, _cv_point(*kp[k, :2]), max(1, thickness // 2) << _SHIFT, 1, -1, cv2.LINE_8, _SHIFT)
+        for k in np.flatnonzero(ok[t]).tolist():
+            cv2.circle(canvas, p[k], max(1, lw // 2) << _SHIFT, 1, -1, cv2.LINE_8, _SHIFT)
     return out[:, None].astype(np.float32)
