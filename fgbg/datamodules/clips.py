@@ -273,8 +273,13 @@ class ClipDataModule(pl.LightningDataModule):
     ``batch_size`` is per device; alternatively give ``global_batch_size``
     (divided by the world size). ``epoch_len`` is the number of training
     samples per epoch across all ranks (rounded up to whole batches per rank).
-    ``rank`` / ``world_size`` override what ``torch.distributed`` or the
-    trainer say (for tests and custom launchers).
+    ``shuffle_buffer`` decoded clips are held per worker (a 16-frame 256x256
+    clip takes about 4 MB). ``rank`` / ``world_size`` override what
+    ``torch.distributed`` or the trainer say (for tests and custom launchers).
+
+    Validation reads each sample once, so ranks may get different numbers of
+    batches; reduce validation metrics with torchmetrics (which synchronises
+    at epoch end) rather than per-step ``sync_dist``.
     """
 
     def __init__(
@@ -297,7 +302,7 @@ class ClipDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 2,
         epoch_len: int = 1024,
-        shuffle_buffer: int = 256,
+        shuffle_buffer: int = 64,
         seed: int = 0,
         pin_memory: bool | None = None,
         rank: int | None = None,
