@@ -163,7 +163,7 @@ def sample_body(rng: np.random.Generator, height_px: float) -> Body:
 
 @dataclass
 class JointAngles:
-    """Per-frame angles (T,) in radians, each a dict entry; see ``limb_direction``."""
+    """Per-frame joint angles in radians ((T,) or (T, 2) for right, left) and the pelvis; see ``limb_direction``."""
 
     theta: np.ndarray  # facing
     lean_lat: np.ndarray
