@@ -108,6 +108,18 @@ def test_carphone_acceptance(tmp_path):
         assert meta["source"] == str(carphone_path()) and meta["shot"] == 0
         assert meta["clip_start_frame"] == 16 * int(clip.key.rsplit("_", 1)[1])
         assert "mediapipe-0.10.21" in meta["pose_estimator_version"] and "opencv" in meta["tracker_version"]
+    # The training datamodule turns them into batches of the contract, with nothing skipped.
+    from fgbg.datamodules import ClipDataModule
+
+    dm = ClipDataModule(
+        train_shards=[str(out / s) for s in entry["shards"]],
+        resolution=32, clip_len=8, batch_size=2, num_workers=0, epoch_len=4, shuffle_buffer=4,
+    )  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["frames"].shape == (2, 8, 3, 32, 32) and batch["tracks"].shape == (2, 8, 50, 2)
+    assert batch["track_valid"].sum(1).min() >= 5 and dm.skip_counter.total == 0
+
     rows = [dict(frames=c.frames, pose=c.pose, tracks=c.tracks, visible=c.visible, label=c.key) for c in clips[:3]]
     save_png(contact_sheet(rows, num_columns=6), tmp_path / "sheet.png")
     assert (tmp_path / "sheet.png").stat().st_size > 10_000

@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import hydra
@@ -243,7 +244,13 @@ def preprocess(cfg: DictConfig) -> dict:
         ) as pool:
             futures = [pool.submit(_worker_run, s) for s in todo]
             for n, future in enumerate(as_completed(futures), 1):
-                entry = future.result()
+                try:
+                    entry = future.result()
+                except BrokenProcessPool as err:
+                    raise RuntimeError(
+                        "a worker process died (out of memory, or a crash inside a native library); the "
+                        f"{n - 1} videos finished so far are in {manifest.path}: rerun the same command to resume"
+                    ) from err
                 manifest.record(entry)
                 _log_entry(n, len(todo), entry)
     videos = manifest.data["videos"]
