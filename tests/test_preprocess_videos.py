@@ -201,3 +201,25 @@ def test_kill_halfway_and_rerun_equals_an_uninterrupted_run(tmp_path, segments):
     got = without_timing(json.loads(manifest_path.read_text()))
     want = without_timing(json.loads((reference / "manifest.json").read_text()))
     assert got == want
+
+
+def test_shot_cuts_frame_step_and_stride(tmp_path, carphone_frames):
+    """No clip spans a cut; frame_step and a stride longer than the clip pick the documented frames."""
+    texture = cv2.resize(np.random.default_rng(2).integers(0, 255, (36, 44, 3), np.uint8), (176, 144))
+    street = np.stack([np.roll(texture, i, axis=1) for i in range(20)])
+    video = write_mp4(tmp_path / "cut.mp4", np.concatenate([carphone_frames[:20], street]))
+
+    (entry,) = run(video, tmp_path / "a", "clips.length=8", "clips.stride=8")["videos"].values()
+    assert entry["shots"] == 2 and entry["clips"] == 2 and entry["clips_skipped"] == {"no_person": 2}
+    starts = [c.meta["clip_start_frame"] for c in iter_clips([str(tmp_path / "a" / s) for s in entry["shards"]])]
+    assert starts == [0, 8]  # frames 16..19 of the first shot are too few for a third clip
+
+    overrides = ("decode.frame_step=2", "clips.length=4", "clips.stride=6", "clips.resolution=null")
+    (entry,) = run(video, tmp_path / "b", *overrides)["videos"].values()
+    clips = list(iter_clips([str(tmp_path / "b" / s) for s in entry["shards"]]))
+    # kept frames 0, 2, ..., 18 of shot 0: clips start at kept frames 0 and 6 -> source frames 0 and 12
+    assert [c.meta["clip_start_frame"] for c in clips] == [0, 12]
+    assert entry["frames"] == 40 and entry["frames_processed"] == 20
+    for clip in clips:
+        assert clip.frames.shape == (4, 144, 176, 3) and clip.meta["frame_step"] == 2
+        assert clip.meta["fps"] == pytest.approx(15.0) and clip.meta["crop_box"] == [0, 0, 176, 144]
