@@ -54,7 +54,9 @@ class VideoPredictionWriter(BasePredictionWriter):
         self.fps = fps
         self.settings = dict(settings or {})
         self.gif = gif
-        self.sheet_index = set(np.unique(np.linspace(0, num_frames - 1, min(sheet_columns, num_frames)).round().astype(int)).tolist())
+        self.sheet_index = set(
+            np.unique(np.linspace(0, num_frames - 1, min(sheet_columns, num_frames)).round().astype(int)).tolist()
+        )
         self._writers: list[VideoFileWriter] = []
         self._sheet: dict[int, dict[str, np.ndarray]] = {}
         self.frames_written = 0
@@ -70,7 +72,9 @@ class VideoPredictionWriter(BasePredictionWriter):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         frames = to_uint8(prediction["frames"][0])
         start = prediction["start"]
         pose = batch["keypoints"][0].cpu().numpy()

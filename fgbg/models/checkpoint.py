@@ -1,0 +1,65 @@
+"""Stage weights as safetensors: exactly the parameters a stage trains, written atomically.
+
+File layout: tensors keyed by full parameter name of ``FgbgModule`` (e.g.
+``denoiser.unet.conv_in.weight``); metadata ``{"stage", "step", "format": "fgbg-stage-weights-1"}``.
+Loading is strict: the file's keys must equal the stage's trainable set exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "fgbg-stage-weights-1"
+
+
+def save_stage_weights(tensors: Mapping[str, torch.Tensor], path: str, stage: str, step: int = 0) -> None:
+    """Write ``tensors`` to ``path`` (temp file then rename, so a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    data = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    save_file(data, tmp, metadata={"stage": stage, "step": str(step), "format": FORMAT})
+    os.replace(tmp, path)
+
+
+def stage_state(module, stage: str | None = None) -> dict[str, torch.Tensor]:
+    """The parameters ``stage`` trains, by full name."""
+    names = module.trainable_names(stage)
+    return {n: p for n, p in module.named_parameters() if n in names}
+
+
+def load_stage_weights(module, path: str) -> str:
+    """Copy the stage weights in ``path`` into ``module``; returns the stage they belong to.
+
+    Raises naming the file when it is missing, not stage weights, or its keys differ
+    from the stage's trainable set (listing a few missing/unexpected names) or shapes differ.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.init_from={path!r}: no such file (expected stage weights .safetensors)")
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT or meta.get("stage") not in ("image", "video"):
+            raise ValueError(f"{path}: not fgbg stage weights (metadata {meta}; expected format {FORMAT})")
+        stage = meta["stage"]
+        expected = module.trainable_names(stage)
+        keys = set(f.keys())
+        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: stage {stage!r} weights do not match this model: {len(missing)} missing "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for k in sorted(keys):
+                t = f.get_tensor(k)
+                if t.shape != params[k].shape:
+                    raise ValueError(
+                        f"{path}: {k} has shape {tuple(t.shape)}, the model expects {tuple(params[k].shape)}"
+                    )
+                params[k].copy_(t)
+    return stage

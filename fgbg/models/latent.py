@@ -1,0 +1,56 @@
+"""Latent spaces: a frozen diffusers ``AutoencoderKL`` or the identity (pixel space)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+
+class IdentityLatent(nn.Module):
+    """Pixel space: latents are the images in [-1, 1], c = 3, factor 1."""
+
+    channels = 3
+    factor = 1
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, 3, H, W) in [-1, 1] -> (M, 3, H, W)."""
+        return images
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class VAELatent(nn.Module):
+    """Frozen ``AutoencoderKL`` from a local diffusers folder; latents scaled by ``scaling_factor``.
+
+    encode: (M, 3, H, W) in [-1, 1] -> (M, c, H/f, W/f); decode the inverse (clamped to [-1, 1]).
+    """
+
+    def __init__(self, pretrained: str, subfolder: str | None = "vae", sample_posterior: bool = True):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        if not os.path.isdir(pretrained):
+            raise FileNotFoundError(f"model.latent.pretrained={pretrained!r}: expected a local AutoencoderKL folder")
+        self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder=subfolder or None, local_files_only=True)
+        self.vae.requires_grad_(False).eval()
+        self.channels = self.vae.config.latent_channels
+        self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = self.vae.config.scaling_factor
+        self.sample_posterior = sample_posterior
+
+    def train(self, mode: bool = True):  # always frozen
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        z = dist.sample() if self.sample_posterior else dist.mode()
+        return z.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample
+        return x.float().clamp(-1, 1)

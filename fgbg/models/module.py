@@ -1,0 +1,475 @@
+"""``FgbgModule``: the dual-motion video diffusion model as a LightningModule.
+
+Parts (each built from ``conf/model/*.yaml``):
+
+- ``latent``: frozen ``AutoencoderKL`` or identity (pixel space);
+- ``image_encoder``: reference image -> global cross-attention tokens (B, L, D);
+- ``referencenet``: spatial UNet run once per sample at timestep 0, filling the
+  ``ReferenceBank`` read by the denoiser's spatial self-attention;
+- ``controlnet``: pose ControlNet (frames folded into the batch), residuals gated
+  by the dilated body region (pose drives the person);
+- ``track_encoder``: track maps -> residuals gated by the background region
+  (1 - body region; tracks drive the rest);
+- ``denoiser``: ``UNetMotionModel`` whose input is
+  ``[noisy latent (c), link latent (c), link mask (1), motion hint (c + 1)]``.
+
+Training stages: ``image`` (one frame per sample; spatial parts train, motion modules
+frozen) and ``video`` (all frames; only the motion modules train, the rest frozen and
+in eval mode). Generation uses ``encode_reference`` then ``sample_clip``.
+
+Tensor layout: per-frame tensors are (B, F, C, H, W), batch-major; folded to
+(B*F, C, H, W) frame-minor, which is diffusers' ``UNetMotionModel`` order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    ControlNetModel,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+from diffusers.training_utils import compute_snr
+
+from fgbg.models.attention import ReferenceBank, check_backend, set_processors
+from fgbg.models.motion_hint import dilate, motion_hint
+from fgbg.models.track_encoder import TrackEncoder, gate_residuals
+from fgbg.models.unets import Denoiser, ReferenceNet, _plain, down_residual_specs
+
+CONDITIONS = ("reference", "pose", "tracks")
+SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+STAGES = ("image", "video")
+COND_KEYS = (
+    "pose_maps",
+    "body_region",
+    "track_maps",
+    "tracks",
+    "track_visible",
+    "track_anchor",
+    "track_anchor_visible",
+)
+
+
+@dataclass
+class ReferenceContext:
+    """What ``encode_reference`` computes once per reference and every clip reuses.
+
+    bank:          ReferenceNet layer name -> (B, M, C) tokens
+    global_tokens: (B, L, D) image-encoder tokens (cross-attention context)
+    latent:        (B, c, h, w) reference latent
+    mask:          (B, 1, H, W) reference person mask, or None
+    image_size:    (H, W) in pixels
+    """
+
+    bank: dict[str, torch.Tensor]
+    global_tokens: torch.Tensor
+    latent: torch.Tensor
+    mask: torch.Tensor | None
+    image_size: tuple[int, int]
+
+
+def make_sampler(name: str, train_scheduler_config) -> object:
+    """A diffusers inference scheduler (``ddim`` | ``dpmpp`` | ``euler``) from the training scheduler's config."""
+    if name not in SAMPLERS:
+        raise ValueError(f"scheduler={name!r}: expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name].from_config(train_scheduler_config)
+
+
+class FgbgModule(L.LightningModule):
+    """See the module docstring. Arguments mirror ``conf/model/fgbg_tiny.yaml``."""
+
+    def __init__(
+        self,
+        unet,
+        motion_adapter,
+        latent,
+        image_encoder,
+        noise_scheduler: DDPMScheduler,
+        optimizer: Callable | None = None,
+        lr_scheduler: Callable | None = None,
+        stage: str = "image",
+        attention_backend: str = "sdpa",
+        referencenet: Mapping | None = None,
+        controlnet: Mapping | None = None,
+        track_encoder: Mapping | None = None,
+        motion_hint: bool = True,
+        hint_mask_dilation: int = 1,
+        link_prob: float = 0.2,
+        cfg_dropout: Mapping | None = None,
+        pose_gate: bool = True,
+        pose_gate_dilation: int = 2,
+        conditioning_scale: float = 1.0,
+        min_snr_gamma: float | None = 5.0,
+        offset_noise: float = 0.0,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"model.stage={stage!r}: expected one of {STAGES}")
+        check_backend(attention_backend)
+        if latent.channels != unet.config.in_channels:
+            raise ValueError(
+                f"model.unet.in_channels={unet.config.in_channels} but the latent space has {latent.channels} channels"
+            )
+        if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
+        self.stage = stage
+        self.use_motion_hint = motion_hint
+        self.hint_mask_dilation = hint_mask_dilation
+        self.link_prob = link_prob
+        self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | dict(_plain(cfg_dropout))
+        unknown = set(self.cfg_dropout) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"model.cfg_dropout: unknown conditions {sorted(unknown)}; expected {CONDITIONS}")
+        self.pose_gate = pose_gate
+        self.pose_gate_dilation = pose_gate_dilation
+        self.conditioning_scale = conditioning_scale
+        self.min_snr_gamma = min_snr_gamma
+        self.offset_noise = offset_noise
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.referencenet_calls = 0
+
+        c = latent.channels
+        self.latent = latent
+        self.image_encoder = image_encoder
+        self.noise_scheduler = noise_scheduler
+        self.bank = ReferenceBank()
+        ref_cfg = _plain(referencenet)
+        self.referencenet = ReferenceNet(unet, self.bank, bool(ref_cfg.get("mask_input", False)), attention_backend)
+        cn_cfg = _plain(controlnet)
+        if cn_cfg.get("pretrained"):
+            self.controlnet = ControlNetModel.from_pretrained(cn_cfg["pretrained"], local_files_only=True)
+        else:
+            self.controlnet = ControlNetModel.from_unet(
+                unet,
+                conditioning_embedding_out_channels=tuple(cn_cfg.get("conditioning_embedding_out_channels", (16,))),
+            )
+        set_processors(self.controlnet, attention_backend)
+        specs, mid_spec = down_residual_specs(unet.config)
+        self.track_encoder = TrackEncoder(specs, mid_spec, latent.factor, **_plain(track_encoder))
+        self.hint_channels = c + 1 if motion_hint else 0
+        self.denoiser = Denoiser(unet, motion_adapter, c + 1 + self.hint_channels, self.bank, attention_backend)
+        if set(self.denoiser.reader_names) != set(self.referencenet.writer_names):
+            raise ValueError("denoiser and ReferenceNet spatial self-attention layers do not pair up by name")
+        self.apply_stage()
+        if init_from:
+            from fgbg.models.checkpoint import load_stage_weights
+
+            load_stage_weights(self, init_from)
+
+    # ------------------------------------------------------------------ stages
+    def trainable_names(self, stage: str | None = None) -> set[str]:
+        """Full parameter names that ``stage`` (default: this module's) trains."""
+        stage = stage or self.stage
+        if stage not in STAGES:
+            raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
+        if stage == "video":
+            return {f"denoiser.{n}" for n, _ in self.denoiser.motion_parameters()}
+        names = {f"denoiser.{n}" for n, _ in self.denoiser.named_parameters() if "motion_modules" not in n}
+        names |= {
+            f"referencenet.{n}"
+            for n, _ in self.referencenet.named_parameters()
+            if n not in self.referencenet.unused_parameter_names
+        }
+        names |= {f"controlnet.{n}" for n, _ in self.controlnet.named_parameters()}
+        names |= {f"track_encoder.{n}" for n, _ in self.track_encoder.named_parameters()}
+        names |= {f"image_encoder.{n}" for n, _ in self.image_encoder.trainable_parameters()}
+        return names
+
+    def apply_stage(self) -> None:
+        """Set ``requires_grad`` to exactly the stage's trainable set."""
+        trainable = self.trainable_names()
+        for name, p in self.named_parameters():
+            p.requires_grad_(name in trainable)
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (dropout/normalisation statistics untouched)."""
+        super().train(mode)
+        self.latent.eval()
+        if self.stage == "video":
+            for child in (self.referencenet, self.controlnet, self.track_encoder, self.image_encoder, self.denoiser):
+                child.eval()
+            for name, m in self.denoiser.named_modules():
+                if name.endswith("motion_modules"):
+                    m.train(mode)
+        else:
+            self.image_encoder.train(mode)
+            for name, m in self.denoiser.named_modules():
+                if name.endswith("motion_modules"):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ reference
+    def encode_reference(self, reference: torch.Tensor, reference_mask: torch.Tensor | None = None) -> ReferenceContext:
+        """Run the image encoder and ReferenceNet once.
+
+        reference: (B, 3, H, W) in [-1, 1]; reference_mask: (B, 1, H, W) in {0, 1} or None.
+        """
+        self.referencenet_calls += 1
+        latent = self.latent.encode(reference)
+        tokens = self.image_encoder(reference)
+        mask_latent = None
+        if self.referencenet.mask_input:
+            if reference_mask is None:
+                raise ValueError("encode_reference: this model's ReferenceNet takes the reference person mask")
+            mask_latent = F.adaptive_max_pool2d(reference_mask.to(latent.dtype), latent.shape[-2:])
+        bank = self.referencenet(latent, tokens, mask_latent)
+        return ReferenceContext(bank, tokens, latent, reference_mask, tuple(reference.shape[-2:]))
+
+    # ------------------------------------------------------------------ denoising
+    def static_conditions(self, ctx: ReferenceContext, cond: Mapping[str, torch.Tensor]) -> dict:
+        """Timestep-independent conditioning: track residuals, gates and motion hint.
+
+        cond: the contract's per-clip keys, per-frame tensors (B, F, ...). Returns tensors
+        folded to (B*F, ...) where per frame, computed once per clip at generation time.
+        """
+        b, f = cond["pose_maps"].shape[:2]
+        body = cond["body_region"].flatten(0, 1).to(self.dtype)  # (B*F, 1, H, W)
+        track_down, track_mid = self.track_encoder(cond["track_maps"].flatten(0, 1).to(self.dtype))
+        out = {
+            "batch": b,
+            "frames": f,
+            "pose": cond["pose_maps"].flatten(0, 1).to(self.dtype),
+            "pose_gate": dilate(body, self.pose_gate_dilation) if self.pose_gate else torch.ones_like(body),
+            "track_down": track_down,
+            "track_mid": track_mid,
+            "track_gate": 1.0 - body,
+            "hint": None,
+        }
+        if self.use_motion_hint:
+            out["hint"] = motion_hint(
+                ctx.latent,
+                ctx.mask,
+                cond["tracks"].to(ctx.latent.dtype),
+                cond["track_visible"].bool(),
+                cond["track_anchor"].to(ctx.latent.dtype),
+                cond["track_anchor_visible"].bool(),
+                ctx.image_size,
+                self.hint_mask_dilation,
+            )
+        return out
+
+    def denoise(
+        self,
+        noisy: torch.Tensor,
+        timestep: torch.Tensor,
+        ctx: ReferenceContext,
+        static: dict,
+        keep: Mapping[str, torch.Tensor],
+        link_latent: torch.Tensor | None = None,
+        link_on: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One network evaluation.
+
+        noisy: (B, F, c, h, w); timestep: (B,); keep: condition -> (B,) bool (False = dropped
+        for classifier-free guidance); link_latent: (B, c, h, w) or None; link_on: (B,) bool.
+        Returns the model output (epsilon, v or x0 by ``prediction_type``), (B, F, c, h, w).
+        """
+        b, f, c, h, w = noisy.shape
+        per_frame = {k: v.to(noisy.dtype).repeat_interleave(f)[:, None, None, None] for k, v in keep.items()}
+        keep_ref = keep["reference"]
+        tokens = ctx.global_tokens * keep_ref.to(ctx.global_tokens.dtype)[:, None, None]
+        folded = noisy.flatten(0, 1)
+        t_frames = timestep.repeat_interleave(f)
+
+        down = [torch.zeros(()) for _ in static["track_down"]]
+        mid = torch.zeros(())
+        if bool(keep["pose"].any()):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "image"):
+                cn_down, cn_mid = self.controlnet(
+                    folded,
+                    t_frames,
+                    encoder_hidden_states=tokens.repeat_interleave(f, 0),
+                    controlnet_cond=static["pose"],
+                    conditioning_scale=self.conditioning_scale,
+                    return_dict=False,
+                )
+            gate = static["pose_gate"] * per_frame["pose"]
+            down = [d + r for d, r in zip(down, gate_residuals(cn_down, gate), strict=True)]
+            mid = mid + gate_residuals([cn_mid], gate)[0]
+        if bool(keep["tracks"].any()):
+            gate = static["track_gate"] * per_frame["tracks"]
+            down = [d + r for d, r in zip(down, gate_residuals(static["track_down"], gate), strict=True)]
+            mid = mid + gate_residuals([static["track_mid"]], gate)[0]
+        if not bool(keep["pose"].any() or keep["tracks"].any()):
+            down, mid = None, None
+
+        if link_latent is None or link_on is None:
+            link_latent = noisy.new_zeros(b, c, h, w)
+            link_on = torch.zeros(b, dtype=torch.bool, device=noisy.device)
+        on = link_on.to(noisy.dtype)[:, None, None, None]
+        parts = [noisy, (link_latent * on)[:, None].expand(b, f, c, h, w), on[:, None].expand(b, f, 1, h, w)]
+        if self.use_motion_hint:
+            hint_keep = (keep["reference"] & keep["tracks"]).to(noisy.dtype)
+            parts.append(static["hint"] * hint_keep[:, None, None, None, None])
+        sample = torch.cat(parts, 2).transpose(1, 2)  # (B, C_in, F, h, w)
+        with self.bank.reading(ctx.bank, keep_ref):
+            out = self.denoiser(sample, timestep, tokens, down, mid)
+        return out.transpose(1, 2)
+
+    # ------------------------------------------------------------------ training
+    def _select_frames(
+        self, batch: Mapping, generator: torch.Generator | None
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Per-clip tensors for this stage: all frames (video) or one random frame (image).
+
+        Returns (cond with the per-frame keys and ``frames``, link frame (B, 3, H, W),
+        link available (B,) bool). In stage image the link frame of frame i is frame i-1
+        (the stored link frame for i = 0), so it keeps its meaning: the frame just before.
+        """
+        frames = batch["frames"]
+        b, t = frames.shape[:2]
+        keys = ("frames", "pose_maps", "body_region", "track_maps", "tracks", "track_visible")
+        link, link_ok = batch["link_frame"], batch["link_available"].bool()
+        if self.stage == "video":
+            cond = {k: batch[k] for k in keys}
+        else:
+            idx = torch.randint(0, t, (b,), generator=generator, device=generator.device if generator else "cpu")
+            idx = idx.to(frames.device)
+            rows = torch.arange(b, device=frames.device)
+            cond = {k: batch[k][rows, idx][:, None] for k in keys}
+            prev = frames[rows, (idx - 1).clamp_min(0)]
+            first = (idx == 0)[:, None, None, None]
+            link = torch.where(first, link, prev)
+            link_ok = torch.where(idx == 0, link_ok, torch.ones_like(link_ok))
+        cond["track_anchor"] = batch["track_anchor"]
+        cond["track_anchor_visible"] = batch["track_anchor_visible"]
+        return cond, link, link_ok
+
+    def _rand(self, shape, generator, device) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device if generator else device).to(device)
+
+    def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None, dropout: bool = True) -> dict:
+        """Diffusion loss of one batch (see the batch contract). Returns {"loss", "loss_unweighted"}."""
+        cond, link_frame, link_ok = self._select_frames(batch, generator)
+        frames = cond["frames"]
+        b, f = frames.shape[:2]
+        dev = frames.device
+        with torch.no_grad():
+            z0 = self.latent.encode(frames.flatten(0, 1).to(self.dtype)).unflatten(0, (b, f))
+        # Stage video trains only the motion modules: the conditioning parts run without a graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "image"):
+            ctx = self.encode_reference(batch["reference"].to(self.dtype), batch["reference_mask"])
+            static = self.static_conditions(ctx, cond)
+
+        gen_dev = generator.device if generator else dev
+        noise = torch.randn(z0.shape, generator=generator, device=gen_dev).to(dev, z0.dtype)
+        if self.offset_noise:
+            offset = torch.randn(b, 1, z0.shape[2], 1, 1, generator=generator, device=gen_dev).to(dev, z0.dtype)
+            noise = noise + self.offset_noise * offset
+        num_t = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_t, (b,), generator=generator, device=gen_dev).to(dev)
+        noisy = self.noise_scheduler.add_noise(z0, noise, timesteps)
+        keep = {k: (self._rand(b, generator, dev) >= (self.cfg_dropout[k] if dropout else 0.0)) for k in CONDITIONS}
+        link_on = link_ok & (self._rand(b, generator, dev) < self.link_prob)
+        link_latent = None
+        if bool(link_on.any()):
+            with torch.no_grad():
+                link_latent = self.latent.encode(link_frame.to(self.dtype))
+        pred = self.denoise(noisy, timesteps, ctx, static, keep, link_latent, link_on)
+
+        kind = self.noise_scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": z0}.get(kind)
+        if target is None:
+            target = self.noise_scheduler.get_velocity(z0, noise, timesteps)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3, 4))
+        weight = torch.ones_like(per_sample)
+        if self.min_snr_gamma:
+            snr = compute_snr(self.noise_scheduler, timesteps).to(per_sample)
+            clipped = snr.clamp(max=self.min_snr_gamma)
+            weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
+        return {"loss": (per_sample * weight).mean(), "loss_unweighted": per_sample.mean()}
+
+    def training_step(self, batch, batch_idx):
+        out = self.compute_loss(batch)
+        bs = batch["frames"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
+        self.log("train/loss_unweighted", out["loss_unweighted"], batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
+        out = self.compute_loss(batch, generator=gen, dropout=False)
+        bs = batch["frames"].shape[0]
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("val/loss_unweighted", out["loss_unweighted"], batch_size=bs, sync_dist=True)
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("model.optimizer is not set")
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample_clip(
+        self,
+        ctx: ReferenceContext,
+        cond: Mapping[str, torch.Tensor],
+        link_frame: torch.Tensor | None = None,
+        num_inference_steps: int = 20,
+        scheduler: str = "ddim",
+        guidance: Mapping[str, float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
+
+        cond: ``COND_KEYS`` of the batch contract (per-frame tensors (B, T, ...)).
+        link_frame: (B, 3, H, W) in [-1, 1], the previous clip's last frame, or None.
+        guidance: condition -> scale. Compositional classifier-free guidance:
+        ``out = full + sum_c (s_c - 1) * (full - without_c)``, one network pass with all
+        conditions plus one per condition whose scale is not 1 (the reference pass drops
+        the bank, the global tokens and the motion hint; the tracks pass drops the track
+        residuals and the hint). All scales 1 is plain conditional sampling.
+        """
+        missing = [k for k in COND_KEYS if k not in cond]
+        if missing:
+            raise KeyError(f"sample_clip: cond lacks {missing}")
+        guidance = {k: 1.0 for k in CONDITIONS} | dict(guidance or {})
+        unknown = set(guidance) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"guidance: unknown conditions {sorted(unknown)}; expected {CONDITIONS}")
+        b, t = cond["pose_maps"].shape[:2]
+        h, w = ctx.latent.shape[-2:]
+        dev = ctx.latent.device
+        sampler = make_sampler(scheduler, self.noise_scheduler.config)
+        sampler.set_timesteps(num_inference_steps, device=dev)
+        shape = (b, t, ctx.latent.shape[1], h, w)
+        gen_dev = generator.device if generator else dev
+        latents = torch.randn(shape, generator=generator, device=gen_dev).to(dev, ctx.latent.dtype)
+        latents = latents * sampler.init_noise_sigma
+        cond = {k: v.to(dev) for k, v in cond.items() if k in COND_KEYS}
+        static = self.static_conditions(ctx, cond)
+        link_latent, link_on = None, None
+        if link_frame is not None:
+            link_latent = self.latent.encode(link_frame.to(dev, self.dtype))
+            link_on = torch.ones(b, dtype=torch.bool, device=dev)
+        all_on = {k: torch.ones(b, dtype=torch.bool, device=dev) for k in CONDITIONS}
+        for step_t in sampler.timesteps:
+            model_in = sampler.scale_model_input(latents, step_t)
+            tt = step_t.reshape(1).expand(b).to(dev)
+            full = self.denoise(model_in, tt, ctx, static, all_on, link_latent, link_on)
+            out = full
+            for name, scale in guidance.items():
+                if scale != 1.0:
+                    keep = dict(all_on) | {name: torch.zeros(b, dtype=torch.bool, device=dev)}
+                    without = self.denoise(model_in, tt, ctx, static, keep, link_latent, link_on)
+                    out = out + (scale - 1.0) * (full - without)
+            latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
+        frames = self.latent.decode(latents.flatten(0, 1))
+        return frames.unflatten(0, (b, t)).clamp(-1, 1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,131 @@
+"""Dense motion hint from sparse background tracks (an option beyond the paper).
+
+A per-frame affine motion is fitted to the background tracks (reference position
+-> position at frame t) and the reference (latent or pixels), with its person masked
+out, is warped by it to every frame; a validity channel says where the warp has
+content. Measured in ``../shared/measured/LEARNABILITY.md``: without such a hint a
+tiny concatenation model ignores the tracks entirely.
+
+Coordinates follow ``fgbg.data.schema``: continuous pixel coordinates with the
+origin at the top-left corner of the top-left pixel, the ``align_corners=False``
+convention of ``grid_sample``. An affine ``A`` is a (2, 3) matrix mapping a
+reference point ``(x, y)`` to ``A @ (x, y, 1)`` in frame t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_affine(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Weighted least-squares affine per frame, batched.
+
+    anchor: (B, N, 2) reference positions; points: (B, T, N, 2) positions at each
+    frame; weight: (B, T, N) >= 0 (0 for invisible or padded points).
+    Returns (B, T, 2, 3). With 3 or more weighted points: the least-squares affine
+    (a small ridge towards the best translation keeps collinear points stable);
+    with 1 or 2: the weighted mean translation; with none: the identity.
+    """
+    b, t, n, _ = points.shape
+    dtype = points.dtype
+    w = weight.to(dtype)
+    count = (w > 0).sum(-1)  # (B, T)
+    wsum = w.sum(-1, keepdim=True).clamp_min(1e-12)  # (B, T, 1)
+    anchor_t = anchor[:, None].expand(b, t, n, 2)
+    shift = ((points - anchor_t) * w[..., None]).sum(-2) / wsum  # (B, T, 2) mean displacement
+
+    eye = torch.zeros(b, t, 2, 3, dtype=dtype, device=points.device)
+    eye[..., 0, 0] = 1.0
+    eye[..., 1, 1] = 1.0
+    translation = eye.clone()
+    translation[..., 2] = shift
+
+    # Centre the anchors for conditioning; solve for (linear part, offset) in centred coords.
+    centre = (anchor_t * w[..., None]).sum(-2) / wsum  # (B, T, 2)
+    xc = anchor_t - centre[..., None, :]
+    x = torch.cat([xc, torch.ones_like(xc[..., :1])], -1)  # (B, T, N, 3)
+    xtw = (x * w[..., None]).transpose(-1, -2)  # (B, T, 3, N)
+    scale = (xc.square().sum(-1) * w).sum(-1) / wsum[..., 0]  # (B, T) mean squared radius
+    reg = torch.diag_embed(torch.stack([scale, scale, torch.zeros_like(scale)], -1)) * ridge + 1e-9 * torch.eye(
+        3, dtype=dtype, device=points.device
+    )
+    prior = torch.zeros(b, t, 3, 2, dtype=dtype, device=points.device)  # translation-only solution
+    prior[..., 0, 0] = 1.0
+    prior[..., 1, 1] = 1.0
+    prior[..., 2, :] = centre + shift
+    lhs = xtw @ x + reg
+    rhs = xtw @ points + reg @ prior
+    sol = torch.linalg.solve(lhs, rhs)  # (B, T, 3, 2): rows = coefficients of xc, yc, 1
+    lin = sol[..., :2, :].transpose(-1, -2)  # (B, T, 2, 2)
+    offset = sol[..., 2, :] - (lin @ centre[..., None])[..., 0]
+    affine = torch.cat([lin, offset[..., None]], -1)
+
+    out = torch.where((count >= 3)[..., None, None], affine, translation)
+    return torch.where((count == 0)[..., None, None], eye, out)
+
+
+def _normaliser(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(3, 3) matrix taking pixel coords (corner origin) to grid_sample coords (align_corners=False)."""
+    n = torch.zeros(3, 3, dtype=like.dtype, device=like.device)
+    n[0, 0], n[0, 2] = 2.0 / width, -1.0
+    n[1, 1], n[1, 2] = 2.0 / height, -1.0
+    n[2, 2] = 1.0
+    return n
+
+
+def warp_affine(image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Warp ``image`` (M, C, h, w) forward by ``affine`` (M, 2, 3) given in pixel coords of ``image_size`` (H, W).
+
+    Output pixel q shows the input at ``A^{-1} q``; zeros where that falls outside.
+    ``image`` may be at a lower resolution than ``image_size`` (a latent): both
+    share the normalised grid, so no rescaling of ``affine`` is needed.
+    """
+    height, width = image_size
+    m = affine.shape[0]
+    full = torch.cat([affine, affine.new_tensor([0.0, 0.0, 1.0]).expand(m, 1, 3)], 1)  # (M, 3, 3)
+    n = _normaliser(height, width, affine)
+    theta = n @ torch.linalg.inv(full) @ torch.linalg.inv(n)  # output normalised -> input normalised
+    grid = F.affine_grid(theta[:, :2], list(image.shape), align_corners=False)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary/soft dilation of (M, 1, H, W) masks by a square of side 2 * radius + 1."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+def motion_hint(
+    reference_latent: torch.Tensor,
+    reference_mask: torch.Tensor | None,
+    tracks: torch.Tensor,
+    track_visible: torch.Tensor,
+    track_anchor: torch.Tensor,
+    track_anchor_visible: torch.Tensor,
+    image_size: tuple[int, int],
+    mask_dilation: int = 1,
+) -> torch.Tensor:
+    """Reference warped to every frame by the affine fitted to the tracks, plus validity.
+
+    reference_latent: (B, c, h, w); reference_mask: (B, 1, H, W) person mask at pixel
+    resolution (or None: nothing masked); tracks: (B, T, N, 2) pixels;
+    track_visible: (B, T, N) bool; track_anchor: (B, N, 2); track_anchor_visible: (B, N).
+    The person (mask dilated by ``mask_dilation`` px, then max-pooled to the latent
+    grid) is removed before warping so it leaves no ghost. Returns (B, T, c + 1, h, w):
+    the warped masked reference and a validity channel in [0, 1].
+    """
+    b, c, h, w = reference_latent.shape
+    t = tracks.shape[1]
+    weight = (track_visible & track_anchor_visible[:, None]).to(tracks.dtype)
+    affine = fit_affine(track_anchor, tracks, weight)  # (B, T, 2, 3)
+    if reference_mask is None:
+        valid = torch.ones(b, 1, h, w, dtype=reference_latent.dtype, device=reference_latent.device)
+    else:
+        m = dilate(reference_mask.to(reference_latent.dtype), mask_dilation)
+        valid = 1.0 - F.adaptive_max_pool2d(m, (h, w))
+    src = torch.cat([reference_latent * valid, valid], 1)  # (B, c + 1, h, w)
+    src = src[:, None].expand(b, t, c + 1, h, w).reshape(b * t, c + 1, h, w)
+    warped = warp_affine(src, affine.reshape(b * t, 2, 3), image_size)
+    return warped.reshape(b, t, c + 1, h, w)
