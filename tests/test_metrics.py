@@ -113,7 +113,9 @@ def test_lpips_loads_local_backbone_and_scores(squeeze_weights):
     torch.testing.assert_close(lpips.net.net.slices[0][0].weight, state["features.0.weight"])
     target, mask = _video(t=3, h=48, w=48), _person_mask(t=3, h=48, w=48)
     assert lpips(target, target).abs().max() < 1e-6
-    pred = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(2)) * (1 - mask)).clamp(0, 1)
+    pred = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(2)) * (1 - mask)).clamp(
+        0, 1
+    )
     scores = lpips(pred, target)
     assert scores.shape == (3,) and (scores > 0).all()
     assert lpips.distance_map(pred, target).shape == (3, 1, 48, 48)

@@ -41,7 +41,9 @@ def as_frames(video: Tensor, name: str, channels: int = 3) -> Tensor:
     if video.ndim == 5:
         video = video.flatten(0, 1)
     if video.ndim != 4 or video.shape[1] != channels:
-        raise ValueError(f"{name}: expected (T, {channels}, H, W) or (B, T, {channels}, H, W), got {tuple(video.shape)}")
+        raise ValueError(
+            f"{name}: expected (T, {channels}, H, W) or (B, T, {channels}, H, W), got {tuple(video.shape)}"
+        )
     return video
 
 
@@ -61,7 +63,9 @@ def _check_mask(mask: Tensor, frames: Tensor) -> Tensor:
     """-> float (N, 1, H, W) in {0, 1} matching frames (N, 3, H, W)."""
     mask = as_frames(mask, "mask", channels=1)
     if mask.shape[0] != frames.shape[0] or mask.shape[-2:] != frames.shape[-2:]:
-        raise ValueError(f"mask: expected {(frames.shape[0], 1, *frames.shape[-2:])} to match the frames, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected {(frames.shape[0], 1, *frames.shape[-2:])} to match the frames, got {tuple(mask.shape)}"
+        )
     mask = mask.float()
     if not torch.all((mask == 0) | (mask == 1)):
         raise ValueError("mask: expected values in {0, 1}")
@@ -118,7 +122,9 @@ class LPIPS(nn.Module):
             raise RuntimeError(f"LPIPS {net_type}: torchmetrics' backbone layout changed; {copied} parameters copied")
 
         lin_path = lin_weights or Path(tm_lpips.__file__).parent / "lpips_models" / f"{net_type}.pth"
-        lin_state = load_state_dict_file(lin_path, f"LPIPS {net_type} linear heads", "LPIPS v0.1 lin{i}.model.1.weight tensors")
+        lin_state = load_state_dict_file(
+            lin_path, f"LPIPS {net_type} linear heads", "LPIPS v0.1 lin{i}.model.1.weight tensors"
+        )
         heads = nn.ModuleDict({f"lin{i}": lin for i, lin in enumerate(self.net.lins)})
         load_strict(heads, lin_state, f"LPIPS {net_type} linear heads", lin_path)
         self.requires_grad_(False)

@@ -36,7 +36,9 @@ def load_state_dict_file(path: str | Path | None, what: str, expected: str) -> d
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors and torch raise several types for bad files
-        raise ValueError(f"{what}: cannot read {str(path)!r} ({type(err).__name__}: {err}); expected {expected}") from None
+        raise ValueError(
+            f"{what}: cannot read {str(path)!r} ({type(err).__name__}: {err}); expected {expected}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
