@@ -1,0 +1,34 @@
+"""Evaluation measures: frame metrics (PSNR, SSIM, L1, LPIPS; whole frame, person, background),
+FID and FVD from local feature-network weights, and the measures this method exists for:
+track-following error, seam score and colour drift. See ``docs/evaluation.md``."""
+
+from fgbg.eval.features import (
+    FrechetDistance,
+    I3DTorchScriptFeatures,
+    InceptionFeatures,
+    TorchvisionVideoFeatures,
+    frechet_distance,
+    frechet_distance_from_features,
+    load_video_features,
+)
+from fgbg.eval.longvideo import colour_drift, rgb_to_lab, seam_score
+from fgbg.eval.metrics import LPIPS, frame_metrics, per_frame_metrics
+from fgbg.eval.motion import track_following_error, track_queries
+
+__all__ = [
+    "LPIPS",
+    "I3DTorchScriptFeatures",
+    "InceptionFeatures",
+    "TorchvisionVideoFeatures",
+    "colour_drift",
+    "frame_metrics",
+    "FrechetDistance",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "load_video_features",
+    "per_frame_metrics",
+    "rgb_to_lab",
+    "seam_score",
+    "track_following_error",
+    "track_queries",
+]

@@ -1,0 +1,118 @@
+"""Long-video measures: seam score at clip boundaries and colour drift over clips.
+
+A long video is generated clip by clip and stored as the plain concatenation of its clips:
+frames ``[k * clip_length, (k + 1) * clip_length)`` are clip k (the last clip may be shorter).
+Videos are torch float RGB in [0, 1], (T, 3, H, W); person masks (T, 1, H, W) in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fgbg.eval.metrics import as_frames
+
+# sRGB (D65) -> CIE XYZ, and the D65 reference white; the CIE Lab formulas as in skimage.color.rgb2lab.
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+
+
+def _check_video(video: Tensor, name: str = "video") -> Tensor:
+    if video.ndim != 4:
+        raise ValueError(f"{name}: expected one video (T, 3, H, W), got {tuple(video.shape)}")
+    video = as_frames(video, name)
+    if not video.is_floating_point() or (video.numel() and (video.min() < 0 or video.max() > 1)):
+        raise ValueError(f"{name}: expected float values in [0, 1]")
+    return video.float()
+
+
+def _check_clip_length(clip_length: int, num_frames: int, min_clips: int) -> None:
+    if clip_length < 2:
+        raise ValueError(f"clip_length must be at least 2 (frames inside a clip are compared), got {clip_length}")
+    if num_frames < (min_clips - 1) * clip_length + 1:
+        raise ValueError(f"a video of {num_frames} frames holds fewer than {min_clips} clips of {clip_length} frames")
+
+
+def seam_score(video: Tensor, clip_length: int) -> dict[str, float | int]:
+    """Mean absolute frame difference across clip boundaries over that inside clips.
+
+    video (T, 3, H, W) in [0, 1], at least two clips. The difference of frames t and t+1 is the mean
+    |f[t+1] - f[t]| over pixels and channels; the pair crosses a boundary when t+1 is a multiple of
+    ``clip_length``. A seamless video scores about 1, a hard cut at each boundary far above 1.
+    A video with no change inside clips scores 1 if it also has none across them, else inf.
+
+    Returns ``seam_score``, ``seam_boundary_diff``, ``seam_inner_diff``, ``seam_boundaries``.
+    """
+    video = _check_video(video)
+    _check_clip_length(clip_length, video.shape[0], min_clips=2)
+    diffs = (video[1:] - video[:-1]).abs().mean(dim=(1, 2, 3))  # (T-1,), pair t -> t+1
+    crosses = (torch.arange(1, video.shape[0]) % clip_length) == 0
+    boundary, inner = float(diffs[crosses].mean()), float(diffs[~crosses].mean())
+    if inner > 0:
+        score = boundary / inner
+    else:
+        score = 1.0 if boundary == 0 else math.inf
+    return {
+        "seam_score": score,
+        "seam_boundary_diff": boundary,
+        "seam_inner_diff": inner,
+        "seam_boundaries": int(crosses.sum()),
+    }
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB (..., 3, H, W) in [0, 1] -> CIE Lab (..., 3, H, W) under D65 (L in [0, 100]).
+
+    Written here (a few lines of the standard formulas) to avoid a kornia/skimage dependency;
+    tested against ``skimage.color.rgb2lab``.
+    """
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = torch.tensor(_RGB_TO_XYZ, dtype=rgb.dtype, device=rgb.device)
+    white = torch.tensor(_D65_WHITE, dtype=rgb.dtype, device=rgb.device)
+    xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear) / white[:, None, None]
+    delta = 6 / 29
+    f = torch.where(xyz > delta**3, xyz.clamp_min(delta**3) ** (1 / 3), xyz / (3 * delta**2) + 4 / 29)
+    fx, fy, fz = f.unbind(dim=-3)
+    return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
+
+
+def colour_drift(video: Tensor, mask: Tensor, clip_length: int) -> dict[str, float | list[float]]:
+    """Colour drift of background and person, clip k against clip 1, as CIE76 Delta E.
+
+    video (T, 3, H, W) in [0, 1]; mask (T, 1, H, W) in {0, 1}, 1 on the person. For each clip and
+    region, the mean CIE Lab colour over all the region's pixels in the clip's frames; the drift of
+    clip k is the Euclidean distance (Delta E 1976) between its mean and clip 1's. A region absent
+    from clip 1 or clip k gives NaN for clip k. A Delta E near 2 is about the smallest visible change.
+
+    Returns ``colour_drift_background`` / ``colour_drift_person``: lists with one value per clip
+    (the first is 0), and ``colour_drift_background_last`` / ``colour_drift_person_last``: the last clip's.
+    """
+    video = _check_video(video)
+    mask = as_frames(mask, "mask", channels=1)
+    if mask.shape[0] != video.shape[0] or mask.shape[-2:] != video.shape[-2:]:
+        raise ValueError(
+            f"mask: expected {(video.shape[0], 1, *video.shape[-2:])} to match the video, got {tuple(mask.shape)}"
+        )
+    person = mask.float()
+    if not torch.all((person == 0) | (person == 1)):
+        raise ValueError("mask: expected values in {0, 1}")
+    _check_clip_length(clip_length, video.shape[0], min_clips=1)
+    lab = rgb_to_lab(video)
+    result: dict[str, float | list[float]] = {}
+    for region, weight in (("background", 1 - person), ("person", person)):
+        means = []
+        for start in range(0, video.shape[0], clip_length):
+            w = weight[start : start + clip_length]
+            count = w.sum()
+            clip_mean = (lab[start : start + clip_length] * w).sum(dim=(0, 2, 3)) / count if count > 0 else None
+            means.append(clip_mean)
+        first = means[0]
+        drift = [
+            float(torch.linalg.vector_norm(m - first)) if m is not None and first is not None else math.nan
+            for m in means
+        ]
+        result[f"colour_drift_{region}"] = drift
+        result[f"colour_drift_{region}_last"] = drift[-1]
+    return result
