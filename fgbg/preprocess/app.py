@@ -215,11 +215,11 @@ def _log_entry(done: int, total: int, entry: dict) -> None:
 def preprocess(cfg: DictConfig) -> dict:
     """Process every unfinished video of ``cfg.input`` into ``cfg.output``; returns the manifest data."""
     part = parse_part(cfg.part)
+    sources = select_part(list_videos(cfg.input), part)  # bad input fails before anything is written
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(cfg)
     manifest = Manifest(out_dir / manifest_name(part), settings, bool(cfg.overwrite))
-    sources = select_part(list_videos(cfg.input), part)
     skip = set() if cfg.overwrite else manifest.finished() | finished_elsewhere(out_dir, manifest.path, settings)
     todo = [s for s in sources if s.video_id not in skip]
     log.info("%d videos in input%s, %d finished, %d to do -> %s", len(sources), f" part {cfg.part}" if part else "",
