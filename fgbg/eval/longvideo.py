@@ -48,7 +48,7 @@ def seam_score(video: Tensor, clip_length: int) -> dict[str, float | int]:
     video = _check_video(video)
     _check_clip_length(clip_length, video.shape[0], min_clips=2)
     diffs = (video[1:] - video[:-1]).abs().mean(dim=(1, 2, 3))  # (T-1,), pair t -> t+1
-    crosses = (torch.arange(1, video.shape[0]) % clip_length) == 0
+    crosses = (torch.arange(1, video.shape[0], device=video.device) % clip_length) == 0
     boundary, inner = float(diffs[crosses].mean()), float(diffs[~crosses].mean())
     if inner > 0:
         score = boundary / inner
