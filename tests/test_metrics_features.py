@@ -58,8 +58,8 @@ def test_frechet_metric_accumulates_batches_and_needs_both_sides():
     flatten = nn.Flatten()
     flatten.num_features = 192
     metric = FrechetDistance(flatten)
+    metric.update(real, real=True)
     with pytest.raises(ValueError, match="real=False"):
-        metric.update(real, real=True)
         metric.compute()
     metric.update(fake[:3], real=False)
     metric.update(fake[3:], real=False)
