@@ -67,7 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     uses_wandb = any(isinstance(lg, L.pytorch.loggers.WandbLogger) for lg in loggers)
     try:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                   for k, v in cfg.items() if k != "hydra"}  # fmt: skip
         hparams["model/params_total"] = model.num_parameters()
         for lg in loggers:
             lg.log_hyperparams(hparams)

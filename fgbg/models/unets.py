@@ -167,7 +167,8 @@ class Denoiser(nn.Module):
         )[0]
 
     def motion_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.unet.named_parameters() if "motion_modules" in n]
+        """(name relative to this module, parameter) of the AnimateDiff motion modules."""
+        return [(n, p) for n, p in self.named_parameters() if "motion_modules" in n]
 
 
 class ReferenceNet(nn.Module):
