@@ -55,5 +55,9 @@ format: $(STAMP) ## Format the code in place (ruff)
 bench: $(STAMP) ## Run the CPU benchmarks, writing JSON to bench/results and tables to docs/benchmarks.md
 	$(PY) bench/data_throughput.py
 
+learn-check: $(STAMP) ## Learning checks (a)-(d) of the latest synthetic_tiny_image run on held-out clips (WEIGHTS=... to choose)
+	test -f data/synthetic_heldout/test-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic_heldout split=test num_videos=32 seed=2 videos_per_shard=32 camera.weights.static=0.0
+	$(PY) bench/learn_check.py $(if $(WEIGHTS),--weights $(WEIGHTS))
+
 clean: ## Remove build outputs and run folders (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info
