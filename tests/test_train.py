@@ -55,6 +55,9 @@ def test_every_experiment_composes():
             assert cfg.model._target_ == "fgbg.models.module.FgbgModule"
             assert cfg.model.stage == exp.rsplit("_", 1)[1]
             assert list(cfg.logger) == ["csv"]
+        sd = compose("train", overrides=["model=fgbg_sd15", "model.unet.pretrained=/sd15"])
+        assert sd.model.unet.config.block_out_channels == [320, 640, 1280, 1280]
+        assert sd.model.latent.pretrained == "/sd15" and sd.model.noise_scheduler.prediction_type == "epsilon"
 
 
 def test_train_in_process_writes_logs_and_stage_weights(tmp_path, synth_shards):

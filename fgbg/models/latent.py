@@ -28,13 +28,26 @@ class VAELatent(nn.Module):
     encode: (M, 3, H, W) in [-1, 1] -> (M, c, H/f, W/f); decode the inverse (clamped to [-1, 1]).
     """
 
-    def __init__(self, pretrained: str, subfolder: str | None = "vae", sample_posterior: bool = True):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        subfolder: str | None = "vae",
+        sample_posterior: bool = True,
+        config: dict | None = None,
+    ):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        if not os.path.isdir(pretrained):
-            raise FileNotFoundError(f"model.latent.pretrained={pretrained!r}: expected a local AutoencoderKL folder")
-        self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder=subfolder or None, local_files_only=True)
+        if pretrained:
+            if not os.path.isdir(pretrained):
+                raise FileNotFoundError(
+                    f"model.latent.pretrained={pretrained!r}: expected a local AutoencoderKL folder"
+                )
+            self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder=subfolder or None, local_files_only=True)
+        elif config:  # random weights with the right shapes (benchmarks, tests)
+            self.vae = AutoencoderKL(**{k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items()})
+        else:
+            raise ValueError("model.latent (VAELatent): give `pretrained` (a local folder) or `config`")
         self.vae.requires_grad_(False).eval()
         self.channels = self.vae.config.latent_channels
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
