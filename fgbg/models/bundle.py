@@ -1,0 +1,174 @@
+"""Inference bundles: one safetensors file that holds a trained model for generation.
+
+A bundle carries the weights both training stages learn (stage ``image``:
+ReferenceNet, denoiser spatial layers, ControlNet, track encoder, image-encoder
+parts; stage ``video``: motion modules) and, in its metadata, the model config
+and the data settings the model was trained with (resolution, clip length and
+the renderers' settings, so conditions at generation time are drawn exactly as
+in training). Frozen pretrained parts (a VAE, a CLIP backbone) are not copied:
+the config names their local folders.
+
+    python -m fgbg.models.bundle RUN_DIR OUT.safetensors [--raw] [--half]
+
+makes a bundle from a training run folder (its ``.hydra/config.yaml`` and
+``checkpoints/{stage}[_ema].safetensors``; a stage-``video`` run takes its
+stage-``image`` weights from ``model.init_from``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "fgbg-bundle-1"
+DATA_KEYS = (
+    "resolution", "clip_len", "max_tracks", "min_tracks", "pose_line_scale", "pose_conf_threshold",
+    "track_sigma", "body_limb_scale",
+)  # fmt: skip
+
+
+@dataclass
+class BundleInfo:
+    """What a bundle says about its model besides the weights."""
+
+    path: str
+    model_config: DictConfig
+    data: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def bundle_names(module) -> set[str]:
+    """Parameter names a bundle holds: what either stage trains."""
+    return module.trainable_names("image") | module.trainable_names("video")
+
+
+def _model_config_for_inference(model_cfg: DictConfig) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    cfg.stage = "video"
+    cfg.init_from = None
+    for key in ("optimizer", "lr_scheduler"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def save_bundle(
+    module,
+    path: str | os.PathLike,
+    model_cfg: DictConfig,
+    data_cfg: DictConfig | dict,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``module``'s bundle weights plus configs to ``path`` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = bundle_names(module)
+    dtype = torch.float16 if half else torch.float32
+    tensors = {n: p.detach().to("cpu", dtype).contiguous() for n, p in module.named_parameters() if n in names}
+    data = {k: (OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg).get(k)
+            for k in DATA_KEYS}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "model_config": OmegaConf.to_yaml(_model_config_for_inference(model_cfg)),
+        "data": json.dumps(data),
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_bundle_info(path: str | os.PathLike) -> BundleInfo:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model bundle {path!r} does not exist (expected a .safetensors bundle or a run folder)")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path} is not a safetensors file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not an fgbg model bundle (metadata format={meta.get('format')!r}, expected {FORMAT!r});"
+            " make one with `python -m fgbg.models.bundle RUN_DIR OUT.safetensors`"
+        )
+    return BundleInfo(path, OmegaConf.create(meta["model_config"]), json.loads(meta["data"]), json.loads(meta["extra"]))
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleInfo]:
+    """Build the bundle's model from its config and load its weights strictly; eval mode."""
+    info = read_bundle_info(path)
+    module = hydra.utils.instantiate(info.model_config)
+    expected = bundle_names(module)
+    params = dict(module.named_parameters())
+    with safe_open(info.path, framework="pt") as f:
+        keys = set(f.keys())
+        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{info.path}: weights do not match the model its config builds: {len(missing)} missing"
+                f" (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        with torch.no_grad():
+            for k in sorted(keys):
+                t = f.get_tensor(k)
+                if t.shape != params[k].shape:
+                    raise ValueError(
+                        f"{info.path}: weights do not match the model its config builds: {k} has shape"
+                        f" {tuple(t.shape)}, the model expects {tuple(params[k].shape)}"
+                    )
+                params[k].copy_(t.to(params[k].dtype))
+    return module.to(device).eval(), info
+
+
+def load_run(run_dir: str | os.PathLike, ema: bool = True) -> tuple[torch.nn.Module, DictConfig]:
+    """A training run folder -> its model with the latest stage weights loaded, and its full config."""
+    from fgbg.models.checkpoint import load_stage_weights
+
+    run = Path(run_dir)
+    cfg_path = run / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder: {cfg_path} is missing")
+    cfg = OmegaConf.load(cfg_path)
+    stage = cfg.model.stage
+    weights = run / "checkpoints" / f"{stage}{'_ema' if ema else ''}.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run}: no stage weights at {weights}")
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg.pop("optimizer", None)
+    model_cfg.pop("lr_scheduler", None)
+    module = hydra.utils.instantiate(model_cfg)
+    load_stage_weights(module, str(weights))
+    return module.eval(), cfg
+
+
+def bundle_from_run(run_dir, out, ema: bool = True, half: bool = False, extra: dict | None = None) -> Path:
+    module, cfg = load_run(run_dir, ema)
+    info = {"run": str(run_dir), "stage": cfg.model.stage, "ema": ema} | dict(extra or {})
+    return save_bundle(module, out, cfg.model, cfg.data, half=half, extra=info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="training run folder (holds .hydra/config.yaml and checkpoints/)")
+    p.add_argument("out", help="bundle to write (.safetensors)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--half", action="store_true", help="store float16 (half the size; loaded back as float32)")
+    args = p.parse_args(argv)
+    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
