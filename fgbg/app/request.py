@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -212,6 +213,19 @@ class ClipProgress(L.Callback):
         return max(1, int(sum(trainer.num_predict_batches)))
 
 
+def no_clip_message(video_name: str, error: str) -> str:
+    """The page's words for a driving video that preprocessing made no clip of.
+
+    ``error`` is ``load_motion_arrays``' message, which carries fgbg-preprocess's
+    summary with a ``'reason'`` per video (e.g. ``no_person: a person was found in 0% of 20 frames``).
+    """
+    reasons = re.findall(r"'reason': '([^']*)'", error)
+    why = "; ".join(reasons) or "no clip of enough frames with a person"
+    if any(r.startswith("no_person") for r in reasons):
+        return f"no person found in the driving video {video_name} ({why})"
+    return f"the driving video {video_name} gave no usable clip ({why})"
+
+
 def run_request(
     req: GenerationRequest,
     base: DictConfig,
@@ -234,10 +248,7 @@ def run_request(
     except BaseException as err:
         shutil.rmtree(output_dir, ignore_errors=True)  # a failed request leaves nothing behind
         if isinstance(err, InputError) and req.motion_source == "video" and "produced no clip" in str(err):
-            raise RequestError(
-                f"no person found in the driving video {Path(cfg.motion).name}: preprocessing needs a person "
-                "in most frames of at least one clip (16 frames by default)"
-            ) from None
+            raise RequestError(no_clip_message(Path(cfg.motion).name, str(err))) from None
         raise
     files = [output_dir / n for n in ("video.mp4", "video.gif", "generation.json") if (output_dir / n).is_file()]
     return GenerationResult(output_dir, output_dir / "video.mp4", output_dir / "sheet.png", files, report)
