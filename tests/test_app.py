@@ -226,3 +226,20 @@ def test_reference_keypoints_auto_without_a_person_says_so(tmp_path):
     Image.new("RGB", (96, 96), (128, 128, 128)).save(tmp_path / "wall.png")
     with pytest.raises(InputError, match="wall.png: mediapipe pose found no person; give reference_keypoints=FILE"):
         estimate_reference_keypoints(str(tmp_path / "wall.png"), 64, 64, "crop")
+
+
+def test_page_settings_apply_conf_app_yaml(model, tmp_path):
+    from fgbg.app.server import page_settings
+
+    def app_cfg(*overrides):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("app", overrides=[f"ckpt_path={model}", f"output_root={tmp_path / 'out'}", *overrides])
+
+    settings = page_settings(app_cfg("generate.fps=4", "generate.sampler=euler", "max_frames=10", "default_frames=6"))
+    assert (
+        settings.base.ckpt_path == str(model.resolve()) and settings.base.fps == 4 and settings.base.sampler == "euler"
+    )
+    assert settings.limits == Limits(max_frames=10, max_steps=50, max_driving_seconds=30.0)
+    assert settings.default_frames == 6 and settings.output_root.is_dir()
+    with pytest.raises(AppConfigError, match="max_frames=0"):
+        page_settings(app_cfg("max_frames=0"))

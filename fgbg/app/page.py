@@ -9,32 +9,18 @@ server with theirs and shown by type and message).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
-from omegaconf import DictConfig
 
 from fgbg.app.examples import DRIVING_EXAMPLES, reference_examples
-from fgbg.app.request import GenerationRequest, Limits, run_request
+from fgbg.app.request import GenerationRequest, run_request
+from fgbg.app.server import PageSettings
 from fgbg.generation.camera import KINDS as CAMERA_KINDS
 
 log = logging.getLogger(__name__)
 
 # System fonts only: the default theme would ask Google Fonts, which an offline machine cannot reach.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-
-
-@dataclass
-class PageSettings:
-    """What the page needs besides the request: the composed generate config and limits."""
-
-    base: DictConfig  # conf/generate.yaml with ckpt_path and the app's generate settings applied
-    limits: Limits
-    output_root: Path  # each request writes into its own new folder under this one
-    default_frames: int = 16
-    default_steps: int = 20
-    title: str = "fgbg: animate a person, move the background"
 
 
 def _visible(flag: bool):

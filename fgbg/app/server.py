@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,18 @@ from fgbg.app.request import Limits
 from fgbg.train import CONF_DIR
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model.safetensors"
+
+
+@dataclass
+class PageSettings:
+    """What the page needs besides the request: the composed generate config and limits."""
+
+    base: DictConfig  # conf/generate.yaml with ckpt_path and the app's generate settings applied
+    limits: Limits
+    output_root: Path  # each request writes into its own new folder under this one
+    default_frames: int = 16
+    default_steps: int = 20
+    title: str = "fgbg: animate a person, move the background"
 
 
 class AppConfigError(ValueError):
@@ -53,10 +66,8 @@ def compose_generate_config() -> DictConfig:
         return compose("generate", overrides=["reference=unset"])
 
 
-def page_settings(cfg: DictConfig):
+def page_settings(cfg: DictConfig) -> PageSettings:
     """``conf/app.yaml`` -> ``PageSettings`` (composes ``conf/generate.yaml`` with the app's settings)."""
-    from fgbg.app.page import PageSettings
-
     ckpt = resolve_model(cfg.ckpt_path)
     if cfg.max_frames < 1 or cfg.max_steps < 1:
         raise AppConfigError(f"max_frames={cfg.max_frames}, max_steps={cfg.max_steps}: both must be >= 1")
@@ -71,10 +82,10 @@ def page_settings(cfg: DictConfig):
 
 def serve(cfg: DictConfig) -> None:
     """Build the page and serve it until interrupted (one request at a time)."""
+    settings = page_settings(cfg)  # the model is checked before Gradio is even imported
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
     from fgbg.app.page import THEME, build_page
 
-    settings = page_settings(cfg)
     page = build_page(settings)
     page.queue(default_concurrency_limit=1)
     print(
