@@ -263,3 +263,40 @@ def test_stage_weights_round_trip_and_strict_keys(tmp_path, image_model, video_m
         load_stage_weights(video, path)
     with pytest.raises(FileNotFoundError, match="init_from"):
         load_stage_weights(video, str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_timm_image_encoder_gives_tokens_and_loads_local_weights(tmp_path, name):
+    from safetensors.torch import save_file
+
+    from fgbg.models.image_encoder import TimmImageEncoder
+
+    enc = TimmImageEncoder(cross_attention_dim=16, name=name, grid=2, trainable_backbone=False)
+    tokens = enc(torch.rand(2, 3, H, W) * 2 - 1)
+    assert tokens.shape == (2, 5, 16)
+    assert all(n.startswith("head.") for n, _ in enc.trainable_parameters())
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(path))
+    again = TimmImageEncoder(cross_attention_dim=16, name=name, weights=str(path))
+    for k, v in enc.backbone.state_dict().items():
+        torch.testing.assert_close(again.backbone.state_dict()[k], v)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"noise_scheduler.prediction_type": "epsilon", "offset_noise": 0.1},
+        {"noise_scheduler.prediction_type": "sample", "min_snr_gamma": None},
+        {"noise_scheduler.rescale_betas_zero_snr": True, "noise_scheduler.beta_schedule": "scaled_linear"},
+    ],
+)
+def test_noise_options_train_and_sample(overrides):
+    model = build(**overrides)
+    batch = random_batch(b=2, t=1)
+    loss = model.compute_loss(batch)["loss"]
+    assert torch.isfinite(loss)
+    model.eval()
+    ctx = model.encode_reference(batch["reference"], batch["reference_mask"])
+    for sampler in ("ddim", "euler", "dpmpp"):
+        out = model.sample_clip(ctx, {k: batch[k] for k in COND_KEYS}, batch["link_frame"], 2, sampler)
+        assert out.shape == (2, 1, 3, H, W) and torch.isfinite(out).all()
