@@ -61,7 +61,9 @@ def attention(
     bias = None
     if key_keep is not None:
         b, h, nq, _ = q.shape
-        bias = torch.zeros(b, h, nq, k.shape[2], dtype=q.dtype, device=q.device)
+        nk = k.shape[2]
+        # xformers wants the bias's last dimension allocated in multiples of 8: pad, then slice.
+        bias = torch.zeros(b, h, nq, (nk + 7) // 8 * 8, dtype=q.dtype, device=q.device)[..., :nk]
         bias.masked_fill_(~key_keep[:, None, None, :], float("-inf"))
     out = xops.memory_efficient_attention(
         q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(), attn_bias=bias
