@@ -300,3 +300,16 @@ def test_noise_options_train_and_sample(overrides):
     for sampler in ("ddim", "euler", "dpmpp"):
         out = model.sample_clip(ctx, {k: batch[k] for k in COND_KEYS}, batch["link_frame"], 2, sampler)
         assert out.shape == (2, 1, 3, H, W) and torch.isfinite(out).all()
+
+
+def test_person_loss_weight_counts_the_person_more():
+    batch = random_batch(b=2, t=1)
+    batch["masks"] = torch.zeros(2, 1, 1, H, W)
+    plain = build(person_loss_weight=1.0)
+    heavy = build(person_loss_weight=5.0)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    same = [m.compute_loss(batch, gen(), dropout=False)["loss"] for m in (plain, heavy)]
+    torch.testing.assert_close(same[0], same[1])  # no person pixels: identical
+    batch["masks"][..., :8, :] = 1
+    a, b = (m.compute_loss(batch, gen(), dropout=False)["loss"] for m in (plain, heavy))
+    assert b > a * 1.5

@@ -108,6 +108,7 @@ class FgbgModule(L.LightningModule):
         conditioning_scale: float = 1.0,
         min_snr_gamma: float | None = 5.0,
         offset_noise: float = 0.0,
+        person_loss_weight: float = 1.0,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -133,6 +134,7 @@ class FgbgModule(L.LightningModule):
         self.conditioning_scale = conditioning_scale
         self.min_snr_gamma = min_snr_gamma
         self.offset_noise = offset_noise
+        self.person_loss_weight = person_loss_weight
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.referencenet_calls = 0
@@ -327,7 +329,8 @@ class FgbgModule(L.LightningModule):
         """
         frames = batch["frames"]
         b, t = frames.shape[:2]
-        keys = ("frames", "pose_maps", "body_region", "track_maps", "tracks", "track_visible")
+        keys = ("frames", "pose_maps", "body_region", "track_maps", "tracks", "track_visible", "masks")
+        keys = tuple(k for k in keys if k in batch)
         link, link_ok = batch["link_frame"], batch["link_available"].bool()
         if self.stage == "video":
             cond = {k: batch[k] for k in keys}
@@ -380,7 +383,11 @@ class FgbgModule(L.LightningModule):
         target = {"epsilon": noise, "sample": z0}.get(kind)
         if target is None:
             target = self.noise_scheduler.get_velocity(z0, noise, timesteps)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3, 4))
+        err = F.mse_loss(pred.float(), target.float(), reduction="none")  # (B, F, c, h, w)
+        if self.person_loss_weight != 1.0 and "masks" in cond:
+            person = F.adaptive_avg_pool2d(cond["masks"].flatten(0, 1).float(), err.shape[-2:])
+            err = err * (1.0 + (self.person_loss_weight - 1.0) * person.unflatten(0, (b, f)))
+        per_sample = err.mean((1, 2, 3, 4))
         weight = torch.ones_like(per_sample)
         if self.min_snr_gamma:
             snr = compute_snr(self.noise_scheduler, timesteps).to(per_sample)
