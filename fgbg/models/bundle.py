@@ -92,7 +92,9 @@ def save_bundle(
 def read_bundle_info(path: str | os.PathLike) -> BundleInfo:
     path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model bundle {path!r} does not exist (expected a .safetensors bundle or a run folder)")
+        raise FileNotFoundError(
+            f"model bundle {path!r} does not exist (expected a .safetensors bundle or a run folder)"
+        )
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
