@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fgbg.models.checkpoint import copy_exact
+
 FORMAT = "fgbg-bundle-1"
 DATA_KEYS = (
     "resolution", "clip_len", "max_tracks", "min_tracks", "pose_line_scale", "pose_conf_threshold",
@@ -112,25 +114,8 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """Build the bundle's model from its config and load its weights strictly; eval mode."""
     info = read_bundle_info(path)
     module = hydra.utils.instantiate(info.model_config)
-    expected = bundle_names(module)
-    params = dict(module.named_parameters())
     with safe_open(info.path, framework="pt") as f:
-        keys = set(f.keys())
-        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"{info.path}: weights do not match the model its config builds: {len(missing)} missing"
-                f" (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
-        with torch.no_grad():
-            for k in sorted(keys):
-                t = f.get_tensor(k)
-                if t.shape != params[k].shape:
-                    raise ValueError(
-                        f"{info.path}: weights do not match the model its config builds: {k} has shape"
-                        f" {tuple(t.shape)}, the model expects {tuple(params[k].shape)}"
-                    )
-                params[k].copy_(t.to(params[k].dtype))
+        copy_exact(module, f, bundle_names(module), f"{info.path}: weights do not match the model its config builds")
     return module.to(device).eval(), info
 
 

@@ -32,6 +32,28 @@ def stage_state(module, stage: str | None = None) -> dict[str, torch.Tensor]:
     return {n: p for n, p in module.named_parameters() if n in names}
 
 
+def copy_exact(module, f, expected: set[str], what: str) -> None:
+    """Copy every tensor of the open safetensors file ``f`` into ``module``'s parameters.
+
+    The file's keys must equal ``expected`` exactly and every shape must match; otherwise a
+    ``ValueError`` starting with ``what`` lists a few missing / unexpected names or the shape.
+    Tensors are cast to the parameter's dtype (bundles may store float16).
+    """
+    keys = set(f.keys())
+    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for k in sorted(keys):
+            t = f.get_tensor(k)
+            if t.shape != params[k].shape:
+                raise ValueError(f"{what}: {k} has shape {tuple(t.shape)}, the model expects {tuple(params[k].shape)}")
+            params[k].copy_(t.to(params[k].dtype))
+
+
 def load_stage_weights(module, path: str) -> str:
     """Copy the stage weights in ``path`` into ``module``; returns the stage they belong to.
 
@@ -45,21 +67,5 @@ def load_stage_weights(module, path: str) -> str:
         if meta.get("format") != FORMAT or meta.get("stage") not in ("image", "video"):
             raise ValueError(f"{path}: not fgbg stage weights (metadata {meta}; expected format {FORMAT})")
         stage = meta["stage"]
-        expected = module.trainable_names(stage)
-        keys = set(f.keys())
-        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: stage {stage!r} weights do not match this model: {len(missing)} missing "
-                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
-        params = dict(module.named_parameters())
-        with torch.no_grad():
-            for k in sorted(keys):
-                t = f.get_tensor(k)
-                if t.shape != params[k].shape:
-                    raise ValueError(
-                        f"{path}: {k} has shape {tuple(t.shape)}, the model expects {tuple(params[k].shape)}"
-                    )
-                params[k].copy_(t)
+        copy_exact(module, f, module.trainable_names(stage), f"{path}: stage {stage!r} weights do not match this model")
     return stage
