@@ -23,6 +23,7 @@ Tensor layout: per-frame tensors are (B, F, C, H, W), batch-major; folded to
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import dilate, motion_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
 from fgbg.models.unets import Denoiser, ReferenceNet, _plain, down_residual_specs
+
+log = logging.getLogger(__name__)
 
 CONDITIONS = ("reference", "pose", "tracks")
 SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
@@ -396,7 +399,15 @@ class FgbgModule(L.LightningModule):
         return {"loss": (per_sample * weight).mean(), "loss_unweighted": per_sample.mean()}
 
     def training_step(self, batch, batch_idx):
+        """Loss of one batch; ``None`` (Lightning skips backward and the optimizer step) when it is not finite.
+
+        ``fgbg.callbacks.NumericalGuard`` counts such skips and stops a run that keeps producing them.
+        (Under DDP every rank must agree; a rank-local skip would desynchronise the all-reduce.)
+        """
         out = self.compute_loss(batch)
+        if not torch.isfinite(out["loss"]):
+            log.warning("step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item())
+            return None
         bs = batch["frames"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/loss_unweighted", out["loss_unweighted"], batch_size=bs)
