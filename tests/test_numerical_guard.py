@@ -46,8 +46,8 @@ def test_nan_loss_and_nan_grad_steps_are_skipped_counted_and_weights_stay_finite
     param = next(p for p in model.parameters() if p.requires_grad)
     param.register_hook(lambda g: g * float("nan") if model.global_step == 3 else g)  # NaN gradient at step 3
     guard = NumericalGuard(max_consecutive_nonfinite=5)
-    trainer = _trainer(guard, steps=4)
-    trainer.fit(model, train_dataloaders=_loader(4))
+    trainer = _trainer(guard, steps=5)
+    trainer.fit(model, train_dataloaders=_loader(5))
     assert guard.skipped_steps == 3 and guard.consecutive == 0
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
