@@ -406,7 +406,9 @@ class FgbgModule(L.LightningModule):
         """
         out = self.compute_loss(batch)
         if not torch.isfinite(out["loss"]):
-            log.warning("step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item())
+            log.warning(
+                "step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item()
+            )
             return None
         bs = batch["frames"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)

@@ -17,6 +17,7 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
+from fgbg.eval.weights import load_state_dict_file
 from fgbg.models.attention import ReferenceBank, set_processors
 
 
@@ -81,7 +82,14 @@ def load_motion_adapter(
                 "config.json (nothing can be fetched from the hub here)"
             )
         _require_dir(single_file_config, "a MotionAdapter config.json", "model.motion_adapter.single_file_config")
-        return MotionAdapter.from_single_file(single_file, config=single_file_config, local_files_only=True)
+        # Read the file ourselves (safetensors, or torch.load(weights_only=True)) so a pickle payload in a
+        # downloaded .ckpt is refused whatever diffusers' own loader does.
+        state = load_state_dict_file(
+            single_file,
+            "model.motion_adapter.single_file",
+            "AnimateDiff motion modules (.ckpt/.safetensors of tensors)",
+        )
+        return MotionAdapter.from_single_file(state, config=single_file_config, local_files_only=True)
     if not config:
         raise ValueError("model.motion_adapter: give `pretrained`, `single_file` or `config`")
     return zero_motion_outputs(MotionAdapter(**_plain(config)))
