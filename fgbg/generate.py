@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fgbg.callbacks.video_writer import OUTPUT_NAMES, VideoPredictionWriter
+from fgbg.config_checks import check_generate_config
 from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
 from fgbg.generation.camera import CameraPreset
 from fgbg.generation.inputs import InputError, load_pose, load_reference
@@ -193,6 +194,7 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
     ``callbacks``: extra Lightning callbacks for the predict loop (e.g. a progress
     display fed per clip by ``on_predict_batch_end``).
     """
+    check_generate_config(cfg)
     output_dir = Path(cfg.output_dir)
     check_outputs(output_dir, bool(cfg.overwrite))
     device = pick_device(cfg.device)

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgbg.config_checks import check_train_config
+
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repo's conf/ (editable install)
 
@@ -49,7 +51,8 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build data, model, callbacks, loggers and trainer from ``cfg``; fit; return the final metrics."""
+    """Check ``cfg``; build data, model, callbacks, loggers and trainer from it; fit; return the final metrics."""
+    check_train_config(cfg)  # ranges, shapes and shard paths, before anything heavy is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.extras.get("print_config"):

@@ -1,0 +1,117 @@
+"""Checks of a composed config that run before any data, model or trainer is built.
+
+Each problem names the config key, its value and what is allowed; all problems are reported together
+in one :class:`ConfigError` so a bad sweep entry fails in seconds instead of after hours of compute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fgbg.datamodules.clips import expand_shards
+
+
+class ConfigError(ValueError):
+    """One or more config values are out of range; the message lists each as ``key=value: allowed``."""
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def spatial_factor(model_cfg: DictConfig) -> int:
+    """Pixels per UNet bottleneck cell: ``2**(len(unet blocks) - 1)`` times the latent's downsampling.
+
+    ``IdentityLatent`` keeps pixels (factor 1); ``VAELatent`` downsamples by ``2**(len(vae blocks) - 1)``
+    (8 for Stable Diffusion's VAE when its config is not spelled out).
+    """
+    unet_blocks = _get(model_cfg, "unet.config.block_out_channels") or [320, 640, 1280, 1280]
+    factor = 2 ** (len(unet_blocks) - 1)
+    if str(_get(model_cfg, "latent._target_", "")).endswith("VAELatent"):
+        vae_blocks = _get(model_cfg, "latent.config.block_out_channels") or [128, 256, 512, 512]
+        factor *= 2 ** (len(vae_blocks) - 1)
+    return factor
+
+
+def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
+    """Validate the ``fgbg-train`` config (``conf/train.yaml``); raises :class:`ConfigError`.
+
+    Checks: ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
+    video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
+    data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; with ``check_paths``,
+    ``data.train_shards`` / ``data.val_shards`` expand to existing files.
+    """
+    problems: list[str] = []
+    data, model = cfg.data, cfg.model
+
+    resolution, factor = _get(data, "resolution"), spatial_factor(model)
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % factor:
+        problems.append(
+            f"data.resolution={resolution!r}: expected a positive multiple of {factor} "
+            f"(UNet downsampling x latent factor of model {_get(model, 'unet.config.block_out_channels')})"
+        )
+
+    clip_len = _get(data, "clip_len")
+    max_len = _get(model, "motion_adapter.config.motion_max_seq_length")
+    if not isinstance(clip_len, int) or clip_len < 1:
+        problems.append(f"data.clip_len={clip_len!r}: expected an integer >= 1")
+    elif _get(model, "stage") == "video" and isinstance(max_len, int) and clip_len > max_len:
+        problems.append(
+            f"data.clip_len={clip_len}: stage video allows at most "
+            f"model.motion_adapter.config.motion_max_seq_length={max_len} frames"
+        )
+
+    lo, hi = _get(data, "min_tracks"), _get(data, "max_tracks")
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        problems.append(f"data.min_tracks={lo!r}, data.max_tracks={hi!r}: expected integers with 1 <= min <= max")
+
+    dropout = _plain(_get(model, "cfg_dropout")) or {}
+    if not isinstance(dropout, Mapping):
+        problems.append(f"model.cfg_dropout={dropout!r}: expected a mapping condition -> rate in [0, 1]")
+    else:
+        for name, rate in dropout.items():
+            if not (_number(rate) and 0 <= rate <= 1):
+                problems.append(f"model.cfg_dropout.{name}={rate!r}: expected a rate in [0, 1]")
+
+    link_prob = _get(model, "link_prob", 0.0)
+    if not (_number(link_prob) and 0 <= link_prob <= 1):
+        problems.append(f"model.link_prob={link_prob!r}: expected a probability in [0, 1]")
+
+    if check_paths and cfg.get("train", True):
+        for key in ("train_shards", "val_shards"):
+            shards = _plain(_get(data, key))
+            if shards is None:
+                if key == "train_shards":
+                    problems.append("data.train_shards=None: expected a brace pattern or a list of existing .tar files")
+                continue
+            try:
+                expand_shards(shards)
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(f"data.{key}: {err}")
+
+    if problems:
+        raise ConfigError("invalid fgbg-train config:\n  " + "\n  ".join(problems))
+
+
+def check_generate_config(cfg: DictConfig) -> None:
+    """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0."""
+    guidance = _plain(cfg.get("guidance")) or {}
+    problems = [
+        f"guidance.{name}={scale!r}: expected a classifier-free guidance scale >= 0"
+        for name, scale in (guidance.items() if isinstance(guidance, Mapping) else [("", guidance)])
+        if not (_number(scale) and scale >= 0)
+    ]
+    if problems:
+        raise ConfigError("invalid fgbg-generate config:\n  " + "\n  ".join(problems))
