@@ -114,7 +114,11 @@ def run_animatediff(frames: int, size: int, steps: int, workdir: Path) -> dict:
 
     torch.manual_seed(0)
     unet_cfg = tiny_unet_config(size)
-    toks = ["<|startoftext|>", "<|endoftext|>"] + list(string.ascii_lowercase) + [c + "</w>" for c in string.ascii_lowercase]
+    toks = (
+        ["<|startoftext|>", "<|endoftext|>"]
+        + list(string.ascii_lowercase)
+        + [c + "</w>" for c in string.ascii_lowercase]
+    )
     (workdir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(toks)}))
     (workdir / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(workdir / "vocab.json"), str(workdir / "merges.txt"), model_max_length=16)
@@ -146,7 +150,12 @@ def run_animatediff(frames: int, size: int, steps: int, workdir: Path) -> dict:
     seconds = time.perf_counter() - t0
     peak = rss_mb("VmHWM")
     assert out.shape[1] == frames
-    return {"seconds": seconds, "seconds_per_frame": seconds / frames, "peak_mb_total": peak, "peak_mb_generation": peak - base}
+    return {
+        "seconds": seconds,
+        "seconds_per_frame": seconds / frames,
+        "peak_mb_total": peak,
+        "peak_mb_generation": peak - base,
+    }
 
 
 def child(method: str, frames: int, size: int, steps: int) -> None:
@@ -173,7 +182,17 @@ def main() -> None:
     results: dict[str, dict] = {}
     for method in args.methods:
         for frames in args.frames:
-            cmd = [sys.executable, __file__, "--size", str(args.size), "--steps", str(args.steps), "--child", method, str(frames)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--size",
+                str(args.size),
+                "--steps",
+                str(args.steps),
+                "--child",
+                method,
+                str(frames),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode or line is None:
@@ -208,9 +227,13 @@ def main() -> None:
     for m, r in results.items():
         for f in args.frames:
             x = r[str(f)]
-            print(f"| {m} | {f} | {x['seconds_per_frame']:.3f} | {x['peak_mb_generation']:.0f} | {x['peak_mb_total']:.0f} |")
+            print(
+                f"| {m} | {f} | {x['seconds_per_frame']:.3f} | {x['peak_mb_generation']:.0f} | {x['peak_mb_total']:.0f} |"
+            )
     for m, s in summary.items():
-        print(f"{m}: time x{s['time_ratio']:.1f} for x{s['frames_ratio']:.0f} frames, peak (generation) x{s['peak_generation_ratio']:.2f}")
+        print(
+            f"{m}: time x{s['time_ratio']:.1f} for x{s['frames_ratio']:.0f} frames, peak (generation) x{s['peak_generation_ratio']:.2f}"
+        )
 
 
 if __name__ == "__main__":

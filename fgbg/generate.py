@@ -178,7 +178,11 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
             raise InputError("retarget=true needs the reference's keypoints: give reference_keypoints=FILE or auto")
         motion.pose = retarget_sequence(motion.pose, ref_kp)
     mask = reference_person_mask(cfg, reference, ref_kp)
-    render = {k: data[k] for k in ("pose_line_scale", "pose_conf_threshold", "track_sigma", "body_limb_scale") if data.get(k) is not None}
+    render = {
+        k: data[k]
+        for k in ("pose_line_scale", "pose_conf_threshold", "track_sigma", "body_limb_scale")
+        if data.get(k) is not None
+    }
     jobs = VideoJobs(
         reference, motion, int(cfg.num_frames), clip_len, max_tracks,
         reference_mask=mask, reference_keypoints=ref_kp, render=render,
@@ -221,7 +225,9 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate.yaml")
 def main(cfg: DictConfig) -> None:
     report = generate(cfg)
-    print(f"{report['frames']} frames in {report['clips']} clips, {report['seconds_per_frame']:.3f} s/frame -> {cfg.output_dir}")
+    print(
+        f"{report['frames']} frames in {report['clips']} clips, {report['seconds_per_frame']:.3f} s/frame -> {cfg.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -133,7 +133,9 @@ def test_checkpoint_from_another_model_config_is_refused(world, tmp_path):
     with safe_open(str(world["model"]), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    meta["model_config"] = meta["model_config"].replace("track_encoder:\n  channels:\n  - 8\n  - 8", "track_encoder:\n  channels:\n  - 8\n  - 16")
+    meta["model_config"] = meta["model_config"].replace(
+        "track_encoder:\n  channels:\n  - 8\n  - 8", "track_encoder:\n  channels:\n  - 8\n  - 16"
+    )
     assert "- 16" in meta["model_config"] and info.data["resolution"] == 16
     save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match="weights do not match the model its config builds"):

@@ -38,7 +38,9 @@ def test_preset_frame_zero_is_the_reference(kind):
 def test_preset_tracks_keep_points_in_view_and_off_the_reference_person():
     person = np.zeros((64, 64), bool)
     person[:, 24:40] = True
-    w = preset_tracks(CameraPreset("pan", speed=2.0), start=40, num_frames=8, height=64, width=64, num_points=20, person_region=person)
+    w = preset_tracks(
+        CameraPreset("pan", speed=2.0), start=40, num_frames=8, height=64, width=64, num_points=20, person_region=person
+    )
     assert w["tracks"].shape == (8, 20, 2)
     assert w["visible"][0].all()  # seeded inside the first frame of the window
     # After 40 frames of panning right at 2 px/frame, the points were 80 px to the right: none in the reference.

@@ -41,7 +41,9 @@ class RecordingModel(torch.nn.Module):
 def make_jobs(num_frames=20, clip_len=8):
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    pose = np.concatenate([rng.uniform(4, 28, (num_frames, 18, 2)), np.ones((num_frames, 18, 1))], -1).astype(np.float32)
+    pose = np.concatenate([rng.uniform(4, 28, (num_frames, 18, 2)), np.ones((num_frames, 18, 1))], -1).astype(
+        np.float32
+    )
     motion = DrivingMotion(pose, 32, 32, camera=CameraPreset("pan", speed=1.0), num_points=12)
     return VideoJobs(ref, motion, num_frames=num_frames, clip_len=clip_len, max_tracks=16)
 
@@ -49,7 +51,9 @@ def make_jobs(num_frames=20, clip_len=8):
 def run(tmp_path, model, jobs, seed=0):
     writer = VideoPredictionWriter(tmp_path, num_frames=jobs.num_frames, fps=8)
     trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False)
-    trainer.predict(LongVideoPredictor(model, seed=seed), datamodule=VideoJobsDataModule(jobs), return_predictions=False)
+    trainer.predict(
+        LongVideoPredictor(model, seed=seed), datamodule=VideoJobsDataModule(jobs), return_predictions=False
+    )
     return writer
 
 

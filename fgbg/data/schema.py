@@ -123,7 +123,9 @@ class Clip:
         if self.tracks.ndim != 3 or self.tracks.shape[0] != t or self.tracks.shape[2] != 2:
             raise SampleError("tracks.npy", f"expected ({t}, N, 2) to match {t} frames, got {self.tracks.shape}", k)
         if self.visible.shape != self.tracks.shape[:2]:
-            raise SampleError("visible.npy", f"expected {self.tracks.shape[:2]} to match tracks, got {self.visible.shape}", k)
+            raise SampleError(
+                "visible.npy", f"expected {self.tracks.shape[:2]} to match tracks, got {self.visible.shape}", k
+            )
         for name, arr in (("pose.npy", self.pose), ("tracks.npy", self.tracks)):
             if not np.all(np.isfinite(arr)):
                 raise SampleError(name, "contains NaN or infinite values", k)
@@ -171,7 +173,7 @@ def encode_clip(clip: Clip, frame_format: str = "png", jpeg_quality: int = 95) -
     return {
         "__key__": clip.key,
         frames[0]: frames[1],
-        "mask.png": _stack_png((clip.masks.astype(np.uint8) * 255)),
+        "mask.png": _stack_png(clip.masks.astype(np.uint8) * 255),
         "pose.npy": _npy_bytes(clip.pose.astype(np.float32)),
         "tracks.npy": _npy_bytes(clip.tracks.astype(np.float32)),
         "visible.npy": _npy_bytes(clip.visible.astype(np.uint8)),

@@ -60,7 +60,9 @@ class Fit:
         src = img.reduce(k) if k > 1 else img
         if k > 1:  # reduced pixels: x_red = x / k in the corner-origin convention
             inv = (inv[0] / k, 0, inv[2] / k, 0, inv[4] / k, inv[5] / k)
-        out = src.transform((dst_w, dst_h), Image.Transform.AFFINE, inv, resample=Image.Resampling.BICUBIC, fillcolor=fill)
+        out = src.transform(
+            (dst_w, dst_h), Image.Transform.AFFINE, inv, resample=Image.Resampling.BICUBIC, fillcolor=fill
+        )
         return np.asarray(out)
 
 
@@ -147,7 +149,9 @@ def load_tracks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[
     except KeyError as err:
         raise InputError(f"tracks file {path}: missing {err}; expected tracks, visible and the frame size") from None
     if tracks.ndim != 3 or tracks.shape[2] != 2 or visible.shape != tracks.shape[:2]:
-        raise InputError(f"tracks file {path}: expected tracks (T, N, 2) and visible (T, N), got {tracks.shape} and {visible.shape}")
+        raise InputError(
+            f"tracks file {path}: expected tracks (T, N, 2) and visible (T, N), got {tracks.shape} and {visible.shape}"
+        )
     return tracks, visible, hw
 
 
@@ -163,5 +167,7 @@ def load_sample(path: str | os.PathLike, key: str | None = None) -> Clip:
         if key is None or clip.key == key:
             return clip
     if counter.total:
-        raise InputError(f"motion shard {path}: no readable sample{'' if key is None else f' with key {key!r}'} ({counter.as_dict()})")
+        raise InputError(
+            f"motion shard {path}: no readable sample{'' if key is None else f' with key {key!r}'} ({counter.as_dict()})"
+        )
     raise InputError(f"motion shard {path}: no sample{'' if key is None else f' with key {key!r}'}")

@@ -73,7 +73,9 @@ class DrivingMotion:
         idx = self._index(start, length)
         out = {"pose": self.pose[idx]}
         if self.camera is not None:
-            out.update(preset_tracks(self.camera, start, length, self.height, self.width, self.num_points, person_region))
+            out.update(
+                preset_tracks(self.camera, start, length, self.height, self.width, self.num_points, person_region)
+            )
             return out
         tracks, visible = self.tracks[idx], self.visible[idx]
         # Anchors: positions at frame 0 (the reference's moment), where visible and off the person.

@@ -26,7 +26,9 @@ def _children() -> dict[int, list[int]]:
     return out
 
 
-def bone_scales(driving: np.ndarray, reference: np.ndarray, conf_threshold: float = 0.3) -> dict[tuple[int, int], float]:
+def bone_scales(
+    driving: np.ndarray, reference: np.ndarray, conf_threshold: float = 0.3
+) -> dict[tuple[int, int], float]:
     """Per-bone scale factors ``(parent, child) -> L_ref / median L_drive``."""
     scales: dict[tuple[int, int], float] = {}
     shown = reference[:, 2] >= conf_threshold
@@ -48,7 +50,9 @@ def retarget_sequence(driving: np.ndarray, reference: np.ndarray, conf_threshold
     shows no bone at all (nothing to retarget to).
     """
     if driving.ndim != 3 or driving.shape[1:] != (18, 3) or reference.shape != (18, 3):
-        raise ValueError(f"expected driving (T, 18, 3) and reference (18, 3), got {driving.shape} and {reference.shape}")
+        raise ValueError(
+            f"expected driving (T, 18, 3) and reference (18, 3), got {driving.shape} and {reference.shape}"
+        )
     scales = bone_scales(driving, reference, conf_threshold)
     if not scales:
         raise ValueError("the reference shows no complete bone (two keypoints above the threshold): cannot retarget")
