@@ -2,7 +2,10 @@
 
 Training: every (rank, worker) draws its own endless stream of shards with
 ``webdataset.ResampledShards``, seeded by ``(seed, rank, worker, epoch)``, so
-streams differ across ranks and workers yet a run is reproducible; clips go
+streams differ across ranks and workers yet a run is reproducible; with at
+least as many shards as ranks, each rank resamples only its own shards
+(``urls[rank::world]``, or per worker slot when there are enough), so ranks
+read disjoint samples; clips go
 through a shuffle buffer, get a random temporal window, reference frame, crop,
 flip and track subset, and are batched inside the worker. An epoch is a fixed
 ``epoch_len`` samples across all ranks.
@@ -228,12 +231,28 @@ class ClipStream(IterableDataset):
             empty_in_a_row = 0
             yield clip
 
+    def _own_train_shards(self, worker: int, num_workers: int) -> list[str]:
+        """The shards this (rank, worker) resamples from: its own when there are enough, so streams are disjoint.
+
+        ``len(urls) >= world * workers``: every (rank, worker) slot gets ``urls[slot::slots]``;
+        else ``len(urls) >= world``: every rank gets ``urls[rank::world]`` (its workers share them);
+        else all ranks read all shards (streams still differ by seed, but samples can repeat across ranks).
+        """
+        slots = self.world_size * num_workers
+        if len(self.urls) >= slots:
+            return self.urls[self.rank * num_workers + worker :: slots]
+        if len(self.urls) >= self.world_size:
+            return self.urls[self.rank :: self.world_size]
+        return self.urls
+
     def _train_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         quota = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
         stream_seed = _seed_int(self.seed, self.rank, worker, self.epoch)
         rng = np.random.default_rng(stream_seed)
         pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True),
+            wds.ResampledShards(
+                self._own_train_shards(worker, num_workers), seed=stream_seed, worker_seed=lambda: 0, deterministic=True
+            ),
             self._clips_until_dry,
             wds.shuffle(self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 2), rng=random.Random(stream_seed)),
             wds.map(lambda clip: self.builder(clip, rng, augment=True)),
