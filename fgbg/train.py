@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgbg.callbacks.resume_state import checkpoint_safe_globals, read_resume_record
 from fgbg.config_checks import check_train_config
 
 log = logging.getLogger(__name__)
@@ -31,20 +34,55 @@ if not OmegaConf.has_resolver("fgbg_uid"):
     OmegaConf.register_new_resolver("fgbg_uid", lambda: secrets.token_hex(3), use_cache=True)
 
 
-def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, loggers)."""
+def _run_name(name: str | None) -> str:
+    """``run_name`` when given (stable folder, for ``resume=auto``), else ``<date>_<time>_<6 random hex>``."""
+    return str(name) if name else f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+
+
+if not OmegaConf.has_resolver("fgbg_run_name"):
+    OmegaConf.register_new_resolver("fgbg_run_name", _run_name, use_cache=True)
+
+
+def _instantiate_group(cfg: DictConfig | None, extra: dict[str, dict] | None = None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, loggers).
+
+    ``extra[name]``: keyword arguments added to entry ``name`` (e.g. the wandb run id on resume).
+    """
     out = []
     for name, sub in (cfg or {}).items():
         if isinstance(sub, DictConfig) and "_target_" in sub:
             log.info("instantiating %s <%s>", name, sub._target_)
-            out.append(hydra.utils.instantiate(sub))
+            out.append(hydra.utils.instantiate(sub, **(extra or {}).get(name, {})))
     return out
 
 
+def find_resume_checkpoint(ckpt_dir: str) -> str | None:
+    """``ckpt_dir/last.ckpt`` if present, else the ``step*.ckpt`` with the highest step, else ``None``."""
+    last = os.path.join(ckpt_dir, "last.ckpt")
+    if os.path.isfile(last):
+        return last
+    steps = []
+    for name in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []:
+        match = re.fullmatch(r"step(\d+)\.ckpt", name)
+        if match:
+            steps.append((int(match.group(1)), name))
+    return os.path.join(ckpt_dir, max(steps)[1]) if steps else None
+
+
 def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    path = cfg.get("ckpt_path")
+    """The ``.ckpt`` to resume from: ``ckpt_path`` (a file or ``last``), or ``resume=auto``'s pick (or None)."""
+    path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if resume not in (None, "auto"):
+        raise ValueError(f"resume={resume!r}: expected auto or null")
+    ckpt_dir = os.path.join(cfg.paths.output_dir, "checkpoints")
+    if resume == "auto":
+        if path:
+            raise ValueError(f"give resume=auto or ckpt_path={path!r}, not both")
+        path = find_resume_checkpoint(ckpt_dir)
+        log.info("resume=auto: %s", f"resuming from {path}" if path else f"no checkpoint in {ckpt_dir}, starting fresh")
+        return path
     if path == "last":
-        path = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+        path = os.path.join(ckpt_dir, "last.ckpt")
     if path and not os.path.isfile(path):
         raise FileNotFoundError(f"ckpt_path={path!r}: no such Lightning checkpoint")
     return path
@@ -65,8 +103,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
         model.stage,
     )
+    ckpt_path = _resolve_ckpt_path(cfg) if cfg.get("train", True) else None
+    logger_extra = {}
+    wandb_run_id = read_resume_record(ckpt_path).get("wandb_run_id") if ckpt_path else None
+    if wandb_run_id and "wandb" in (cfg.get("logger") or {}):
+        log.info("continuing wandb run %s", wandb_run_id)
+        logger_extra["wandb"] = {"id": wandb_run_id, "resume": "allow"}
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
+    loggers = _instantiate_group(cfg.get("logger"), logger_extra)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     uses_wandb = any(isinstance(lg, L.pytorch.loggers.WandbLogger) for lg in loggers)
     try:
@@ -76,7 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for lg in loggers:
             lg.log_hyperparams(hparams)
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg))
+            with checkpoint_safe_globals():  # Lightning loads ckpt_path with weights_only
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("validate"):
             trainer.validate(model, datamodule=datamodule)
     finally:

@@ -179,6 +179,7 @@ class ClipStream(IterableDataset):
         num_batches: int | None = None,
         shuffle_buffer: int = 256,
         counter: SkipCounter | None = None,
+        first_epoch: int = 0,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
@@ -195,7 +196,9 @@ class ClipStream(IterableDataset):
         self.num_batches = num_batches
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter
-        self.epoch = -1  # per process: persistent workers keep counting
+        # Counted per process (persistent workers keep counting) from the trainer's epoch at loader
+        # creation, so a run resumed at an epoch boundary draws the streams the uninterrupted run drew.
+        self.epoch = first_epoch - 1
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -393,6 +396,17 @@ class ClipDataModule(pl.LightningDataModule):
         """Training batches per epoch on each rank: ``ceil(epoch_len / (batch_size * world))``."""
         return max(1, math.ceil(self.epoch_len / (self.batch_size * self.rank_and_world()[1])))
 
+    def _first_train_epoch(self) -> int:
+        """Index of the epoch the training loader is first iterated in.
+
+        The trainer's ``current_epoch``, plus one when it was restored from a checkpoint taken on
+        an epoch's last batch (Lightning then starts the next epoch without iterating this one).
+        """
+        if self.trainer is None:
+            return 0
+        restored_on_last_batch = bool(self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        return int(self.trainer.current_epoch) + restored_on_last_batch
+
     # -- loaders --------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_shards is None:
@@ -427,6 +441,7 @@ class ClipDataModule(pl.LightningDataModule):
             num_batches=self.batches_per_rank,
             shuffle_buffer=self.shuffle_buffer,
             counter=self.skip_counter,
+            first_epoch=self._first_train_epoch(),
         )
         return self._loader(stream)
 
