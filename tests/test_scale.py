@@ -92,3 +92,32 @@ def test_ddp_sim_ranks_read_disjoint_samples_and_match_one_rank(tmp_path, synth_
     assert ddp[0]["weight_sum"] == pytest.approx(ddp[1]["weight_sum"], rel=0, abs=1e-9), "replicas diverged"
     losses = [x for r in (*ddp, single) for x in r["train_loss"]]
     assert len(losses) == 6 and all(0 < x < float("inf") for x in losses)
+
+
+def test_gpu_cluster_trainer_configs_compose_and_build_their_strategy_objects():
+    """trainer=fsdp / slurm cannot run here (no GPU, no SLURM); their configs must still compose and instantiate."""
+    import signal
+
+    from diffusers.models.attention import BasicTransformerBlock
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from fgbg.callbacks.atomic_checkpoint import AtomicCheckpointIO
+    from fgbg.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        fsdp = compose("train", overrides=["trainer=fsdp"]).trainer
+        slurm = compose("train", overrides=["trainer=slurm", "trainer.num_nodes=4"]).trainer
+        gpu = compose("train", overrides=["trainer=gpu"]).trainer
+    strategy = instantiate(fsdp.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy._state_dict_type == "full"
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {BasicTransformerBlock}
+    assert fsdp.precision == gpu.precision == "bf16-mixed"
+
+    assert slurm.num_nodes == 4 and slurm.strategy == "ddp"
+    atomic, env = (instantiate(p) for p in slurm.plugins)
+    assert isinstance(atomic, AtomicCheckpointIO) and isinstance(env, SLURMEnvironment)
+    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
