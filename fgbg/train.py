@@ -20,6 +20,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -134,10 +136,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def sweep_metric(metrics: dict[str, float], name: str | None, required: bool) -> float | None:
+    """The value a Hydra sweeper optimises: ``metrics[name]``; ``None`` when ``name`` is null.
+
+    When the run did not log ``name`` (e.g. ``val/loss`` without ``data.val_shards``):
+    ``required`` (multirun) raises ``KeyError`` naming the logged metrics rather than handing
+    the sweeper ``None``; otherwise a warning and ``None``.
+    """
+    if name is None:
+        return None
+    if name not in metrics:
+        msg = f"optimized_metric={name!r} was not logged; this run logged {sorted(metrics)}"
+        if required:
+            raise KeyError(msg)
+        log.warning(msg)
+        return None
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/loss"))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    value = sweep_metric(metrics, cfg.get("optimized_metric"), required=multirun)
+    log.info("sweep metric %s = %s", cfg.get("optimized_metric"), value)
+    return value
 
 
 if __name__ == "__main__":
