@@ -20,9 +20,9 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fgbg.callbacks.resume_state import checkpoint_safe_globals, read_resume_record
