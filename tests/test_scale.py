@@ -121,3 +121,20 @@ def test_gpu_cluster_trainer_configs_compose_and_build_their_strategy_objects():
     atomic, env = (instantiate(p) for p in slurm.plugins)
     assert isinstance(atomic, AtomicCheckpointIO) and isinstance(env, SLURMEnvironment)
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+
+
+def test_fsdp_activation_checkpointing_policy_skips_the_bank_readers():
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from fgbg.callbacks.fsdp import checkpointable_blocks, reads_reference_bank
+    from tests.test_model import build
+
+    model = build()
+    policy = checkpointable_blocks(["diffusers.models.attention.BasicTransformerBlock"])
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, BasicTransformerBlock)}
+    chosen = {name for name, m in blocks.items() if policy._lambda_fn(m)}
+    readers = {name for name, m in blocks.items() if reads_reference_bank(m)}
+    assert readers and all(name.startswith("denoiser.") for name in readers)
+    assert chosen == set(blocks) - readers
+    assert any(name.startswith("referencenet.") for name in chosen)
+    assert any("motion_modules" in name for name in chosen), "the temporal blocks are checkpointed"
