@@ -33,7 +33,7 @@ def test_precision_and_gradient_checkpointing_train_on_cpu(tmp_path, shard, prec
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}",
+            overrides=["experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}", f"data.val_shards={shard}",
                        "data.resolution=32", f"trainer.precision={precision}",
                        f"callbacks.gradient_checkpointing.enabled={checkpointing}", "callbacks.sample_video.num_samples=1",
                        "extras.print_config=false"],
