@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fgbg.preprocess.pose import import_mediapipe
+from fgbg.preprocess.registry import build_backend
 
 
 class PersonSegmenter(Protocol):
@@ -114,6 +115,4 @@ PERSON_SEGMENTERS = {
 
 def build_person_segmenter(cfg: DictConfig) -> PersonSegmenter:
     """``cfg`` is the ``masks`` node: ``name`` picks the backend, ``cfg[name]`` holds its options."""
-    if cfg.name not in PERSON_SEGMENTERS:
-        raise ValueError(f"masks.name must be one of {sorted(PERSON_SEGMENTERS)}, got {cfg.name!r}")
-    return PERSON_SEGMENTERS[cfg.name](cfg)
+    return build_backend(PERSON_SEGMENTERS, cfg, "masks")

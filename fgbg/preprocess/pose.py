@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fgbg.data.schema import NUM_KEYPOINTS
+from fgbg.preprocess.registry import build_backend
 
 # OpenPose-18 slot -> source keypoint index; the neck (slot 1) is the shoulder midpoint.
 BLAZEPOSE33_TO_OPENPOSE18 = (0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7)
@@ -186,6 +187,4 @@ POSE_ESTIMATORS = {"mediapipe": _build_mediapipe, "mmpose": _build_mmpose}
 
 def build_pose_estimator(cfg: DictConfig) -> PoseEstimator:
     """``cfg`` is the ``pose`` node: ``name`` picks the backend, ``cfg[name]`` holds its options."""
-    if cfg.name not in POSE_ESTIMATORS:
-        raise ValueError(f"pose.name must be one of {sorted(POSE_ESTIMATORS)}, got {cfg.name!r}")
-    return POSE_ESTIMATORS[cfg.name](cfg)
+    return build_backend(POSE_ESTIMATORS, cfg, "pose")

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig
 
+from fgbg.preprocess.registry import build_backend
+
 RoiBox = tuple[int, int, int, int]  # x0, y0, width, height
 
 
@@ -308,6 +310,4 @@ TRACKERS = {
 
 def build_tracker(cfg: DictConfig) -> Tracker:
     """``cfg`` is the ``tracks`` node: ``name`` picks the backend, ``cfg[name]`` holds its options."""
-    if cfg.name not in TRACKERS:
-        raise ValueError(f"tracks.name must be one of {sorted(TRACKERS)}, got {cfg.name!r}")
-    return TRACKERS[cfg.name](cfg)
+    return build_backend(TRACKERS, cfg, "tracks")
