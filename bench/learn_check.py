@@ -124,7 +124,7 @@ def main() -> int:
     t0 = time.time()
     given = run(batch)
     swap_tracks = run(batch | {k: batch[k][perm] for k in TRACK_KEYS})
-    swap_ref = run(batch | {k: batch[k][perm] for k in ("reference", "reference_mask")})
+    swap_ref = run(batch | {k: batch[k][perm] for k in ("reference", "reference_mask", "reference_keypoints")})
     seconds = time.time() - t0
 
     truth, person = batch["frames"], batch["masks"]  # (N, T, 3, H, W), (N, T, 1, H, W)

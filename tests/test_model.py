@@ -59,6 +59,7 @@ def random_batch(b: int = 2, t: int = 3, n: int = 6, seed: int = 0) -> dict:
         "reference_mask": (r(b, 1, H, W) > 0.7).float(),
         "pose_maps": r(b, t, 3, H, W),
         "keypoints": r(b, t, 18, 3) * H,
+        "reference_keypoints": r(b, 18, 3) * H,
         "body_region": (r(b, t, 1, H, W) > 0.6).float(),
         "track_maps": r(b, t, 3, H, W),
         "tracks": r(b, t, n, 2) * W,
@@ -88,7 +89,8 @@ def test_fgbg_tiny_fits_the_parameter_budget():
     cfg = OmegaConf.create({"model": OmegaConf.load(CONF / "model" / "fgbg_tiny.yaml")})
     model = instantiate(cfg.model)
     assert model.num_parameters() <= 5_000_000
-    assert model.denoiser.unet.conv_in.in_channels == 3 + 3 + 1 + 4  # noisy, link, link mask, hint
+    # noisy, link, link mask, motion hint (warped reference + validity), person hint (same)
+    assert model.denoiser.unet.conv_in.in_channels == 3 + 3 + 1 + 4 + 4
 
 
 @pytest.mark.parametrize("stage", ["image", "video"])

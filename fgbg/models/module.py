@@ -11,7 +11,8 @@ Parts (each built from ``conf/model/*.yaml``):
 - ``track_encoder``: track maps -> residuals gated by the background region
   (1 - body region; tracks drive the rest);
 - ``denoiser``: ``UNetMotionModel`` whose input is
-  ``[noisy latent (c), link latent (c), link mask (1), motion hint (c + 1)]``.
+  ``[noisy latent (c), link latent (c), link mask (1), motion hint (c + 1), person hint (c + 1)]``
+  (each hint by config: ``motion_hint``, ``person_hint``).
 
 Training stages: ``image`` (one frame per sample; spatial parts train, motion modules
 frozen) and ``video`` (all frames; only the motion modules train, the rest frozen and
@@ -41,6 +42,7 @@ from diffusers.training_utils import compute_snr
 
 from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import dilate, motion_hint
+from fgbg.models.person_hint import person_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
 from fgbg.models.unets import Denoiser, ReferenceNet, _plain, down_residual_specs
 
@@ -57,6 +59,8 @@ COND_KEYS = (
     "track_visible",
     "track_anchor",
     "track_anchor_visible",
+    "keypoints",
+    "reference_keypoints",
 )
 
 
@@ -112,6 +116,9 @@ class FgbgModule(L.LightningModule):
         min_snr_gamma: float | None = 5.0,
         offset_noise: float = 0.0,
         person_loss_weight: float = 1.0,
+        person_hint: bool = False,
+        person_hint_radius: float = 0.6,
+        use_tracks: bool = True,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -125,7 +132,10 @@ class FgbgModule(L.LightningModule):
         if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
         self.stage = stage
-        self.use_motion_hint = motion_hint
+        self.use_tracks = use_tracks
+        self.use_motion_hint = motion_hint and use_tracks
+        self.use_person_hint = person_hint
+        self.person_hint_radius = person_hint_radius
         self.hint_mask_dilation = hint_mask_dilation
         self.link_prob = link_prob
         self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | dict(_plain(cfg_dropout))
@@ -160,7 +170,7 @@ class FgbgModule(L.LightningModule):
         set_processors(self.controlnet, attention_backend)
         specs, mid_spec = down_residual_specs(unet.config)
         self.track_encoder = TrackEncoder(specs, mid_spec, latent.factor, **_plain(track_encoder))
-        self.hint_channels = c + 1 if motion_hint else 0
+        self.hint_channels = (c + 1 if self.use_motion_hint else 0) + (c + 1 if person_hint else 0)
         self.denoiser = Denoiser(unet, motion_adapter, c + 1 + self.hint_channels, self.bank, attention_backend)
         if set(self.denoiser.reader_names) != set(self.referencenet.writer_names):
             raise ValueError("denoiser and ReferenceNet spatial self-attention layers do not pair up by name")
@@ -185,7 +195,8 @@ class FgbgModule(L.LightningModule):
             if n not in self.referencenet.unused_parameter_names
         }
         names |= {f"controlnet.{n}" for n, _ in self.controlnet.named_parameters()}
-        names |= {f"track_encoder.{n}" for n, _ in self.track_encoder.named_parameters()}
+        if self.use_tracks:
+            names |= {f"track_encoder.{n}" for n, _ in self.track_encoder.named_parameters()}
         names |= {f"image_encoder.{n}" for n, _ in self.image_encoder.trainable_parameters()}
         return names
 
@@ -248,6 +259,7 @@ class FgbgModule(L.LightningModule):
             "track_mid": track_mid,
             "track_gate": 1.0 - body,
             "hint": None,
+            "person_hint": None,
         }
         if self.use_motion_hint:
             out["hint"] = motion_hint(
@@ -259,6 +271,15 @@ class FgbgModule(L.LightningModule):
                 cond["track_anchor_visible"].bool(),
                 ctx.image_size,
                 self.hint_mask_dilation,
+            )
+        if self.use_person_hint:
+            out["person_hint"] = person_hint(
+                ctx.latent,
+                ctx.mask,
+                cond["reference_keypoints"].to(ctx.latent.dtype),
+                cond["keypoints"].to(ctx.latent.dtype),
+                ctx.image_size,
+                radius=self.person_hint_radius,
             )
         return out
 
@@ -279,6 +300,8 @@ class FgbgModule(L.LightningModule):
         Returns the model output (epsilon, v or x0 by ``prediction_type``), (B, F, c, h, w).
         """
         b, f, c, h, w = noisy.shape
+        if not self.use_tracks:
+            keep = dict(keep) | {"tracks": torch.zeros_like(keep["tracks"])}
         per_frame = {k: v.to(noisy.dtype).repeat_interleave(f)[:, None, None, None] for k, v in keep.items()}
         keep_ref = keep["reference"]
         tokens = ctx.global_tokens * keep_ref.to(ctx.global_tokens.dtype)[:, None, None]
@@ -315,6 +338,9 @@ class FgbgModule(L.LightningModule):
         if self.use_motion_hint:
             hint_keep = (keep["reference"] & keep["tracks"]).to(noisy.dtype)
             parts.append(static["hint"] * hint_keep[:, None, None, None, None])
+        if self.use_person_hint:
+            person_keep = (keep["reference"] & keep["pose"]).to(noisy.dtype)
+            parts.append(static["person_hint"] * person_keep[:, None, None, None, None])
         sample = torch.cat(parts, 2).transpose(1, 2)  # (B, C_in, F, h, w)
         with self.bank.reading(ctx.bank, keep_ref):
             out = self.denoiser(sample, timestep, tokens, down, mid)
@@ -332,7 +358,7 @@ class FgbgModule(L.LightningModule):
         """
         frames = batch["frames"]
         b, t = frames.shape[:2]
-        keys = ("frames", "pose_maps", "body_region", "track_maps", "tracks", "track_visible", "masks")
+        keys = ("frames", "pose_maps", "keypoints", "body_region", "track_maps", "tracks", "track_visible", "masks")
         keys = tuple(k for k in keys if k in batch)
         link, link_ok = batch["link_frame"], batch["link_available"].bool()
         if self.stage == "video":
@@ -348,6 +374,7 @@ class FgbgModule(L.LightningModule):
             link_ok = torch.where(idx == 0, link_ok, torch.ones_like(link_ok))
         cond["track_anchor"] = batch["track_anchor"]
         cond["track_anchor_visible"] = batch["track_anchor_visible"]
+        cond["reference_keypoints"] = batch["reference_keypoints"]
         return cond, link, link_ok
 
     def _rand(self, shape, generator, device) -> torch.Tensor:
