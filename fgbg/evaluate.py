@@ -103,7 +103,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
     predictor = LongVideoPredictor(
-        model, int(cfg.steps), cfg.sampler, OmegaConf.to_container(cfg.guidance, resolve=True), int(cfg.seed)
+        model, int(cfg.steps), cfg.sampler, OmegaConf.to_container(cfg.guidance, resolve=True), int(cfg.seed),
+        link=bool(cfg.get("link", True)), reference_every_clip=bool(cfg.get("reference_every_clip", True)),
     )
     counter = SkipCounter()
     per_sample, rows = [], []

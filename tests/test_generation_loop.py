@@ -24,15 +24,17 @@ class RecordingModel(torch.nn.Module):
         super().__init__()
         self.referencenet_calls = 0
         self.links = []
+        self.drops = []
 
     def encode_reference(self, reference, reference_mask=None):
         self.referencenet_calls += 1
         return {"mean": reference.mean()}
 
-    def sample_clip(self, ctx, cond, link_frame, num_inference_steps, scheduler, guidance, generator):
+    def sample_clip(self, ctx, cond, link_frame, num_inference_steps, scheduler, guidance, generator, drop=()):
         b, t = cond["pose_maps"].shape[:2]
         h, w = cond["pose_maps"].shape[-2:]
         self.links.append(None if link_frame is None else link_frame.clone())
+        self.drops.append(tuple(drop))
         noise = torch.randn((b, t, 3, h, w), generator=generator) * 0.1
         base = ctx["mean"] if link_frame is None else link_frame[:, None]
         return (base + noise).clamp(-1, 1)
@@ -48,11 +50,11 @@ def make_jobs(num_frames=20, clip_len=8):
     return VideoJobs(ref, motion, num_frames=num_frames, clip_len=clip_len, max_tracks=16)
 
 
-def run(tmp_path, model, jobs, seed=0):
+def run(tmp_path, model, jobs, seed=0, **options):
     writer = VideoPredictionWriter(tmp_path, num_frames=jobs.num_frames, fps=8)
     trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False)
     trainer.predict(
-        LongVideoPredictor(model, seed=seed), datamodule=VideoJobsDataModule(jobs), return_predictions=False
+        LongVideoPredictor(model, seed=seed, **options), datamodule=VideoJobsDataModule(jobs), return_predictions=False
     )
     return writer
 
@@ -71,6 +73,18 @@ def test_three_linked_clips_one_reference_pass(tmp_path):
     report = json.loads((tmp_path / "generation.json").read_text())
     assert report["frames"] == 20 and report["clips"] == 3 and report["referencenet_calls"] == 1
     assert (tmp_path / "sheet.png").stat().st_size > 0
+    assert model.drops == [(), (), ()]
+
+
+def test_ablation_switches_no_link_and_first_clip_reference(tmp_path):
+    """The claims benchmark's generation-time rows: independent clips; reference at clip 0 only."""
+    model = RecordingModel()
+    run(tmp_path / "a", model, make_jobs(num_frames=20, clip_len=8), link=False)
+    assert model.links == [None, None, None] and model.drops == [(), (), ()]
+    model = RecordingModel()
+    run(tmp_path / "b", model, make_jobs(num_frames=20, clip_len=8), reference_every_clip=False)
+    assert model.links[0] is None and all(link is not None for link in model.links[1:])
+    assert model.drops == [(), ("reference",), ("reference",)] and model.referencenet_calls == 1
 
 
 def test_same_seed_same_frames(tmp_path):

@@ -315,3 +315,33 @@ def test_person_loss_weight_counts_the_person_more():
     batch["masks"][..., :8, :] = 1
     a, b = (m.compute_loss(batch, gen(), dropout=False)["loss"] for m in (plain, heavy))
     assert b > a * 1.5
+
+
+def test_drop_reference_makes_the_clip_independent_of_the_reference(image_model):
+    """sample_clip(drop=("reference",)): the first-clip-only ablation sees no reference at all."""
+    model = image_model
+    model.eval()
+    batch = random_batch()
+    cond = {k: batch[k] for k in COND_KEYS}
+    # Make every reference-dependent path non-trivial: zero-initialised input weights get values.
+    with torch.no_grad():
+        conv_in = model.denoiser.unet.conv_in
+        saved = conv_in.weight.clone()
+        conv_in.weight.normal_(0, 0.1)
+    try:
+        outs = {}
+        for name, drop in (("keep", ()), ("drop", ("reference",))):
+            for ref_seed in (0, 1):
+                other = random_batch(seed=ref_seed + 10)
+                ctx = model.encode_reference(other["reference"], other["reference_mask"])
+                c = cond | {"reference_keypoints": other["reference_keypoints"]}
+                outs[name, ref_seed] = model.sample_clip(
+                    ctx, c, num_inference_steps=2, generator=torch.Generator().manual_seed(0), drop=drop
+                )
+        assert (outs["keep", 0] - outs["keep", 1]).abs().max() > 1e-3
+        assert torch.allclose(outs["drop", 0], outs["drop", 1], atol=1e-6)
+        with pytest.raises(ValueError, match="drop: unknown conditions"):
+            model.sample_clip(ctx, cond, num_inference_steps=1, drop=("colour",))
+    finally:
+        with torch.no_grad():
+            conv_in.weight.copy_(saved)

@@ -11,6 +11,11 @@ Job 0 encodes the reference; every job samples one clip from the same context
 (reference features injected at every clip) and, for k > 0, the last frame of
 clip k-1 as its link frame. Only that one frame is kept between jobs, so memory
 does not grow with the video's length.
+
+Two switches exist for the claims benchmark's ablations (``docs/results.md``):
+``link=False`` generates every clip independently (no link frame), and
+``reference_every_clip=False`` injects the reference (bank, global tokens and the
+reference-derived hints) into clip 0 only; later clips see only the link frame.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ class LongVideoPredictor(L.LightningModule):
         scheduler: str = "ddim",
         guidance: dict[str, float] | None = None,
         seed: int = 0,
+        link: bool = True,
+        reference_every_clip: bool = True,
     ):
         super().__init__()
+        self.link = link
+        self.reference_every_clip = reference_every_clip
         self.model = model
         self.num_inference_steps = num_inference_steps
         self.scheduler_name = scheduler
@@ -55,12 +64,15 @@ class LongVideoPredictor(L.LightningModule):
         # One generator per clip, seeded by (seed, clip index): a clip's noise does not depend on the others.
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + k)
         cond = {n: v for n, v in batch.items() if n not in ("reference", "reference_mask", "key")}
-        if self.last_frame is not None:
+        link_frame = self.last_frame if self.link else None
+        if link_frame is not None:
             cond["link_available"] = torch.ones_like(batch["link_available"])
+        drop = ("reference",) if k > 0 and not self.reference_every_clip else ()
         frames = self.model.sample_clip(
             self.ctx,
             cond,
-            link_frame=self.last_frame,
+            link_frame=link_frame,
+            drop=drop,
             num_inference_steps=self.num_inference_steps,
             scheduler=self.scheduler_name,
             guidance=self.guidance,

@@ -470,6 +470,7 @@ class FgbgModule(L.LightningModule):
         scheduler: str = "ddim",
         guidance: Mapping[str, float] | None = None,
         generator: torch.Generator | None = None,
+        drop: tuple[str, ...] | list[str] = (),
     ) -> torch.Tensor:
         """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
 
@@ -478,8 +479,11 @@ class FgbgModule(L.LightningModule):
         guidance: condition -> scale. Compositional classifier-free guidance:
         ``out = full + sum_c (s_c - 1) * (full - without_c)``, one network pass with all
         conditions plus one per condition whose scale is not 1 (the reference pass drops
-        the bank, the global tokens and the motion hint; the tracks pass drops the track
-        residuals and the hint). All scales 1 is plain conditional sampling.
+        the bank, the global tokens and both hints; the tracks pass drops the track
+        residuals and the motion hint; the pose pass drops the ControlNet and the person
+        hint). All scales 1 is plain conditional sampling.
+        drop: conditions left out of every pass (as in classifier-free dropout), e.g.
+        ``("reference",)`` for the claims benchmark's first-clip-only reference row.
         """
         missing = [k for k in COND_KEYS if k not in cond]
         if missing:
@@ -503,14 +507,17 @@ class FgbgModule(L.LightningModule):
         if link_frame is not None:
             link_latent = self.latent.encode(link_frame.to(dev, self.dtype))
             link_on = torch.ones(b, dtype=torch.bool, device=dev)
-        all_on = {k: torch.ones(b, dtype=torch.bool, device=dev) for k in CONDITIONS}
+        bad = set(drop) - set(CONDITIONS)
+        if bad:
+            raise ValueError(f"drop: unknown conditions {sorted(bad)}; expected {CONDITIONS}")
+        all_on = {k: torch.full((b,), k not in drop, dtype=torch.bool, device=dev) for k in CONDITIONS}
         for step_t in sampler.timesteps:
             model_in = sampler.scale_model_input(latents, step_t)
             tt = step_t.reshape(1).expand(b).to(dev)
             full = self.denoise(model_in, tt, ctx, static, all_on, link_latent, link_on)
             out = full
             for name, scale in guidance.items():
-                if scale != 1.0:
+                if scale != 1.0 and name not in drop:
                     keep = dict(all_on) | {name: torch.zeros(b, dtype=torch.bool, device=dev)}
                     without = self.denoise(model_in, tt, ctx, static, keep, link_latent, link_on)
                     out = out + (scale - 1.0) * (full - without)
