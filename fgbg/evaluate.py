@@ -29,7 +29,7 @@ from fgbg.data.shards import SkipCounter, iter_clips
 from fgbg.data.transforms import fit_clip
 from fgbg.datamodules.clips import expand_shards
 from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
-from fgbg.eval import colour_drift, frame_metrics, seam_score, track_following_error
+from fgbg.eval import colour_drift, colour_error, frame_metrics, seam_score, track_following_error
 from fgbg.generate import load_model, model_data_settings, pick_device
 from fgbg.generation.motion import DrivingMotion
 from fgbg.generation.predictor import LongVideoPredictor
@@ -81,8 +81,11 @@ def evaluate_sample(
     m |= {k: v for k, v in tr.items() if not isinstance(v, list)}
     if t >= clip_len + 1 and clip_len >= 2:
         m |= seam_score(gen, clip_len)
-        drift = colour_drift(gen, mask, clip_len)
-        m |= {k: v for k, v in drift.items() if not isinstance(v, list)}
+        m |= colour_drift(gen, mask, clip_len)  # per-clip lists stay in per_sample; means use the scalars
+        m |= colour_error(gen, truth, mask, clip_len)
+        # The true video's own drift (new background entering a moving camera's view): the floor to compare with.
+        true_drift = colour_drift(truth, mask, clip_len)
+        m |= {f"{k}_truth": v for k, v in true_drift.items() if not isinstance(v, list)}
     return m, gen_u8
 
 
@@ -113,6 +116,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             break
         m, gen = evaluate_sample(model, predictor, clip, data, cfg, device)
         per_sample.append(m)
+        if cfg.get("save_frames"):
+            (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+            np.save(out_dir / "frames" / f"{str(m['key']).replace('/', '_')}.npy", gen)
         log.info("%s: psnr %.2f (bg %.2f, person %.2f), track error %.2f px", m["key"], m["psnr"],
                  m["psnr_background"], m["psnr_person"], m.get("track_error_px", float("nan")))  # fmt: skip
         if len(rows) < 2 * int(cfg.sheet_samples):

@@ -168,3 +168,20 @@ def test_colour_drift_counts_a_short_last_clip_and_marks_missing_regions():
     assert all(math.isnan(v) for v in result["colour_drift_person"])
     with pytest.raises(ValueError, match="mask"):
         colour_drift(video, mask[:9], clip_length=4)
+
+
+def test_colour_error_ignores_true_colour_change_and_catches_drift_from_the_truth():
+    from fgbg.eval.longvideo import colour_error
+
+    clip_length, t = 4, 16
+    ramp = torch.linspace(0.2, 0.8, t)[:, None, None, None].expand(t, 3, 8, 8).clone()  # the truth brightens
+    mask = torch.zeros(t, 1, 8, 8)
+    mask[:, :, 2:5, 2:5] = 1
+    same = colour_error(ramp, ramp, mask, clip_length)
+    assert same["colour_error_background"] == pytest.approx([0.0] * 4, abs=1e-4)
+    drifting = ramp.clone()
+    drifting[:, 0] = (drifting[:, 0] + torch.linspace(0, 0.3, t)[:, None, None]).clamp(0, 1)  # red creeps in
+    err = colour_error(drifting, ramp, mask, clip_length)["colour_error_background"]
+    assert all(b > a for a, b in zip(err, err[1:], strict=False)) and err[-1] > 10
+    with pytest.raises(ValueError, match="truth: expected"):
+        colour_error(ramp, ramp[:8], mask, clip_length)

@@ -11,7 +11,7 @@ from fgbg.eval.features import (
     frechet_distance_from_features,
     load_video_features,
 )
-from fgbg.eval.longvideo import colour_drift, rgb_to_lab, seam_score
+from fgbg.eval.longvideo import colour_drift, colour_error, rgb_to_lab, seam_score
 from fgbg.eval.metrics import LPIPS, frame_metrics, per_frame_metrics
 from fgbg.eval.motion import track_following_error, track_queries
 
@@ -21,6 +21,7 @@ __all__ = [
     "InceptionFeatures",
     "TorchvisionVideoFeatures",
     "colour_drift",
+    "colour_error",
     "frame_metrics",
     "FrechetDistance",
     "frechet_distance",

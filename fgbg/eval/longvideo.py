@@ -78,18 +78,7 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
 
 
-def colour_drift(video: Tensor, mask: Tensor, clip_length: int) -> dict[str, float | list[float]]:
-    """Colour drift of background and person, clip k against clip 1, as CIE76 Delta E.
-
-    video (T, 3, H, W) in [0, 1]; mask (T, 1, H, W) in {0, 1}, 1 on the person. For each clip and
-    region, the mean CIE Lab colour over all the region's pixels in the clip's frames; the drift of
-    clip k is the Euclidean distance (Delta E 1976) between its mean and clip 1's. A region absent
-    from clip 1 or clip k gives NaN for clip k. A Delta E near 2 is about the smallest visible change.
-
-    Returns ``colour_drift_background`` / ``colour_drift_person``: lists with one value per clip
-    (the first is 0), and ``colour_drift_background_last`` / ``colour_drift_person_last``: the last clip's.
-    """
-    video = _check_video(video)
+def _region_weights(video: Tensor, mask: Tensor) -> Tensor:
     mask = as_frames(mask, "mask", channels=1)
     if mask.shape[0] != video.shape[0] or mask.shape[-2:] != video.shape[-2:]:
         raise ValueError(
@@ -98,21 +87,67 @@ def colour_drift(video: Tensor, mask: Tensor, clip_length: int) -> dict[str, flo
     person = mask.float()
     if not torch.all((person == 0) | (person == 1)):
         raise ValueError("mask: expected values in {0, 1}")
+    return person
+
+
+def _clip_means(lab: Tensor, weight: Tensor, clip_length: int) -> list[Tensor | None]:
+    """Mean Lab colour (3,) over the weighted pixels of each clip; None where the region is absent."""
+    means = []
+    for start in range(0, lab.shape[0], clip_length):
+        w = weight[start : start + clip_length]
+        count = w.sum()
+        means.append((lab[start : start + clip_length] * w).sum(dim=(0, 2, 3)) / count if count > 0 else None)
+    return means
+
+
+def _delta_e(a: Tensor | None, b: Tensor | None) -> float:
+    return float(torch.linalg.vector_norm(a - b)) if a is not None and b is not None else math.nan
+
+
+def colour_drift(video: Tensor, mask: Tensor, clip_length: int) -> dict[str, float | list[float]]:
+    """Colour drift of background and person, clip k against clip 1, as CIE76 Delta E.
+
+    video (T, 3, H, W) in [0, 1]; mask (T, 1, H, W) in {0, 1}, 1 on the person. For each clip and
+    region, the mean CIE Lab colour over all the region's pixels in the clip's frames; the drift of
+    clip k is the Euclidean distance (Delta E 1976) between its mean and clip 1's. A region absent
+    from clip 1 or clip k gives NaN for clip k. A Delta E near 2 is about the smallest visible change.
+    With a moving camera the true video drifts too (new background enters the view); ``colour_error``
+    measures the generated colour against the true one instead.
+
+    Returns ``colour_drift_background`` / ``colour_drift_person``: lists with one value per clip
+    (the first is 0), and ``colour_drift_background_last`` / ``colour_drift_person_last``: the last clip's.
+    """
+    video = _check_video(video)
+    person = _region_weights(video, mask)
     _check_clip_length(clip_length, video.shape[0], min_clips=1)
     lab = rgb_to_lab(video)
     result: dict[str, float | list[float]] = {}
     for region, weight in (("background", 1 - person), ("person", person)):
-        means = []
-        for start in range(0, video.shape[0], clip_length):
-            w = weight[start : start + clip_length]
-            count = w.sum()
-            clip_mean = (lab[start : start + clip_length] * w).sum(dim=(0, 2, 3)) / count if count > 0 else None
-            means.append(clip_mean)
-        first = means[0]
-        drift = [
-            float(torch.linalg.vector_norm(m - first)) if m is not None and first is not None else math.nan
-            for m in means
-        ]
+        means = _clip_means(lab, weight, clip_length)
+        drift = [_delta_e(m, means[0]) for m in means]
         result[f"colour_drift_{region}"] = drift
         result[f"colour_drift_{region}_last"] = drift[-1]
+    return result
+
+
+def colour_error(video: Tensor, truth: Tensor, mask: Tensor, clip_length: int) -> dict[str, float | list[float]]:
+    """Per clip, the Delta E between the generated and the true mean Lab colour of each region.
+
+    video, truth (T, 3, H, W) in [0, 1]; mask (T, 1, H, W) in {0, 1} (the true person mask, used for
+    both). Colour that drifts away from the truth over a long video shows as a growing error, while
+    colour change the true video has itself (a panning camera) does not count.
+    Returns ``colour_error_{background,person}`` (one value per clip) and ``..._last``.
+    """
+    video, truth = _check_video(video), _check_video(truth, "truth")
+    if truth.shape != video.shape:
+        raise ValueError(f"truth: expected {tuple(video.shape)} like the video, got {tuple(truth.shape)}")
+    person = _region_weights(video, mask)
+    _check_clip_length(clip_length, video.shape[0], min_clips=1)
+    lab, lab_true = rgb_to_lab(video), rgb_to_lab(truth)
+    result: dict[str, float | list[float]] = {}
+    for region, weight in (("background", 1 - person), ("person", person)):
+        err = [_delta_e(a, b) for a, b in zip(_clip_means(lab, weight, clip_length),
+                                              _clip_means(lab_true, weight, clip_length), strict=True)]  # fmt: skip
+        result[f"colour_error_{region}"] = err
+        result[f"colour_error_{region}_last"] = err[-1]
     return result

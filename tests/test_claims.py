@@ -1,0 +1,34 @@
+"""The claims benchmark pipeline end to end, at a smoke budget (the real budget is `make claims`)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
+    out = tmp_path / "claims"
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    cmd = [sys.executable, "bench/claims.py", "all", "--out", str(out), "--results", str(page),
+           "--image-steps", "2", "--video-steps", "2", "--max-samples", "2", "--sample-steps", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "claims.json").read_text())
+    assert set(summary["rows"]) == {"full", "no_tracks", "no_link", "first_clip_ref"}
+    assert {v["holds"] for v in summary["claims"]} <= {"yes", "no", "not significant"}
+    for model in ("full", "no_tracks"):
+        for stage in ("image", "video"):
+            assert summary["training"][model][stage]["steps"] == 2
+    text = page.read_text()
+    assert "| first_clip_ref |" in text and "## The claims" in text
+    assert (page.parent / "images" / "claims_sheet.png").stat().st_size > 0
+    assert (page.parent / "images" / "claims_drift.png").stat().st_size > 0
+    # The pose-only model trains no track encoder and has no motion-hint input.
+    cfg = (out / "image" / "runs" / "no_tracks" / ".hydra" / "config.yaml").read_text()
+    assert "use_tracks: false" in cfg
