@@ -1,13 +1,16 @@
-"""Memory levers on CPU: bf16-mixed autocast and UNet gradient checkpointing train 2 steps in-process."""
+"""Memory levers on CPU: bf16-mixed, UNet gradient checkpointing, channels-last train 2 steps in-process; 8-bit AdamW fails clearly."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -31,17 +34,8 @@ def shard(tmp_path_factory) -> str:
 )
 def test_precision_and_gradient_checkpointing_train_on_cpu(tmp_path, shard, precision, checkpointing):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}", f"data.val_shards={shard}",
-                       "data.resolution=32", f"trainer.precision={precision}",
-                       f"callbacks.gradient_checkpointing.enabled={checkpointing}", "callbacks.sample_video.num_samples=1",
-                       "extras.print_config=false"],
-            return_hydra_config=True,
-        )  # fmt: skip
-        with open_dict(cfg):
-            cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
-        HydraConfig().set_config(cfg)
+        cfg = compose_debug(tmp_path, shard, [f"trainer.precision={precision}",
+                                              f"callbacks.gradient_checkpointing.enabled={checkpointing}"])  # fmt: skip
         metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/skipped_steps"] == 0
 
@@ -57,3 +51,72 @@ def test_gradient_checkpointing_wraps_the_named_models_and_refuses_the_bank_read
     assert not model.denoiser.unet.is_gradient_checkpointing
     with pytest.raises(ValueError, match="denoiser.unet.*reads the ReferenceNet bank"):
         GradientCheckpointing(enabled=True, models=["denoiser.unet"]).setup(None, model, "fit")
+
+
+def compose_debug(tmp_path, shard: str, overrides: list[str]):
+    """The debug training config (2 steps on CPU) on ``shard``, with its run folder in ``tmp_path``."""
+    cfg = compose(
+        "train",
+        overrides=["experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}",
+                   f"data.val_shards={shard}", "data.resolution=32", "callbacks.sample_video.num_samples=1",
+                   "extras.print_config=false", *overrides],
+        return_hydra_config=True,
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+FORMATS: dict[str, bool] = {}
+
+
+class ConvFormatProbe(L.Callback):
+    """Records, after training, whether each conv weight of the UNets and ControlNet is channels_last."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        FORMATS.clear()
+        for prefix in ("denoiser.unet", "referencenet.unet", "controlnet"):
+            for name, p in pl_module.get_submodule(prefix).named_parameters():
+                if p.dim() == 4 and p.shape[2:] != (1, 1):  # 1x1 kernels are both formats at once
+                    FORMATS[f"{prefix}.{name}"] = p.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_trains_on_cpu_and_keeps_the_conv_weights_channels_last(tmp_path, shard):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose_debug(tmp_path, shard, ["callbacks.channels_last.enabled=true",
+                                              f"+callbacks.probe._target_={__name__}.ConvFormatProbe"])  # fmt: skip
+        metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/skipped_steps"] == 0
+    assert len(FORMATS) > 20 and all(FORMATS.values()), [n for n, ok in FORMATS.items() if not ok]
+
+
+def test_channels_last_names_a_wrong_model_path():
+    from fgbg.callbacks.memory_format import ChannelsLast
+
+    with pytest.raises(ValueError, match=r"callbacks.channels_last.models: 'denoiser.vae' is not a submodule"):
+        ChannelsLast(enabled=True, models=["denoiser.vae"]).setup(None, build(), "fit")
+
+
+def test_adamw_8bit_keeps_the_lr_and_fails_clearly_without_bitsandbytes_or_cuda(tmp_path, shard, monkeypatch):
+    """+model/optimizer=adamw8bit: bitsandbytes is CUDA-oriented; on this CPU machine the run must stop with a clear error."""
+    import types
+
+    from fgbg.models.optim import adamw_8bit
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose_debug(tmp_path, shard, ["+model/optimizer=adamw8bit", "model.optimizer.lr=3e-4"])
+        assert cfg.model.optimizer._target_ == "fgbg.models.optim.adamw_8bit" and cfg.model.optimizer.lr == 3e-4
+        if importlib.util.find_spec("bitsandbytes") is None:
+            with pytest.raises(ImportError, match=r"adamw8bit needs bitsandbytes, which is not installed"):
+                train(cfg)
+        else:  # installed, but the parameters are on CPU
+            with pytest.raises(RuntimeError, match=r"expects parameters on a CUDA device, got \['cpu'\]"):
+                train(cfg)
+
+    # The device check, whether or not bitsandbytes is installed here: a stand-in module that must not be reached.
+    stub = types.ModuleType("bitsandbytes")
+    stub.optim = types.SimpleNamespace(AdamW8bit=lambda *a, **k: pytest.fail("AdamW8bit built for CPU parameters"))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", stub)
+    with pytest.raises(RuntimeError, match=r"adamw8bit.*CUDA device, got \['cpu'\].*trainer=gpu"):
+        adamw_8bit([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
