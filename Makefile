@@ -23,7 +23,7 @@ help: ## List every target with one line each
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
-	$(PY) -m pip install -q -e '.[dev,preprocess]'
+	$(PY) -m pip install -q -e '.[dev,preprocess,sweep]'
 	$(PY) -m pip install -q --no-deps $(MEDIAPIPE)
 	touch $(STAMP)
 

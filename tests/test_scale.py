@@ -29,15 +29,20 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    """8 clips in 4 shards (2 per shard) written by the real fgbg-synth."""
-    out = tmp_path_factory.mktemp("synth")
+def synth(out: Path, num_videos: int, videos_per_shard: int) -> Path:
+    """``num_videos`` 8-frame clips, ``videos_per_shard`` per shard, written into ``out`` by the real fgbg-synth."""
     subprocess.run(
-        [sys.executable, "-m", "fgbg.synth", f"output={out}", "num_videos=8", "num_frames=8", "videos_per_shard=2",
-         "seed=0"],
+        [sys.executable, "-m", "fgbg.synth", f"output={out}", f"num_videos={num_videos}", "num_frames=8",
+         f"videos_per_shard={videos_per_shard}", "seed=0"],
         check=True, capture_output=True, cwd=REPO,
     )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    """8 clips in 4 shards (2 per shard)."""
+    out = synth(tmp_path_factory.mktemp("synth"), 8, 2)
     assert len(list(out.glob("train-*.tar"))) == 4
     return out
 
