@@ -25,6 +25,7 @@ Tensor layout: per-frame tensors are (B, F, C, H, W), batch-major; folded to
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -120,6 +121,7 @@ class FgbgModule(L.LightningModule):
         person_hint_radius: float = 0.6,
         use_tracks: bool = True,
         init_from: str | None = None,
+        per_sample_seed: int | None = None,
     ):
         super().__init__()
         if stage not in STAGES:
@@ -151,6 +153,10 @@ class FgbgModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.referencenet_calls = 0
+        # Set: each training sample draws its frame, noise, timestep and dropouts from a generator seeded by
+        # (per_sample_seed, step, sample key), so a global batch's gradient does not depend on its split over
+        # ranks (tests/test_scale_ddp_equivalence.py). One forward pass per sample: slower, for checks.
+        self.per_sample_seed = per_sample_seed
 
         c = latent.channels
         self.latent = latent
@@ -431,7 +437,7 @@ class FgbgModule(L.LightningModule):
         ``fgbg.callbacks.NumericalGuard`` counts such skips and stops a run that keeps producing them.
         (Under DDP every rank must agree; a rank-local skip would desynchronise the all-reduce.)
         """
-        out = self.compute_loss(batch)
+        out = self.compute_loss(batch) if self.per_sample_seed is None else self._per_sample_loss(batch)
         if not torch.isfinite(out["loss"]):
             log.warning(
                 "step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item()
@@ -441,6 +447,15 @@ class FgbgModule(L.LightningModule):
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/loss_unweighted", out["loss_unweighted"], batch_size=bs)
         return out["loss"]
+
+    def _per_sample_loss(self, batch: Mapping) -> dict:
+        """Mean of ``compute_loss`` over the samples one by one, each with its own seeded generator."""
+        outs = []
+        for i, key in enumerate(batch["key"]):
+            seed = zlib.crc32(f"{self.per_sample_seed}/{self.global_step}/{key}".encode())
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            outs.append(self.compute_loss({k: v[i : i + 1] for k, v in batch.items()}, generator=gen))
+        return {k: torch.stack([o[k] for o in outs]).mean() for k in outs[0]}
 
     def validation_step(self, batch, batch_idx):
         gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
