@@ -148,6 +148,9 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
     ref_kp = None
     if cfg.reference_keypoints == "auto":
         ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+    elif cfg.reference_keypoints and str(cfg.reference_keypoints).endswith(".tar"):
+        # A shard: its first sample's first-frame pose (the reference image is that frame, e.g. the examples).
+        ref_kp = load_motion_arrays(cfg.reference_keypoints, height, width, cfg.fit)["pose"][0].copy()
     elif cfg.reference_keypoints:
         pose, (h, w) = load_pose(cfg.reference_keypoints, cfg.pose_size)
         from fgbg.generation.inputs import Fit

@@ -243,3 +243,21 @@ def test_page_settings_apply_conf_app_yaml(model, tmp_path):
     assert settings.default_frames == 6 and settings.output_root.is_dir()
     with pytest.raises(AppConfigError, match="max_frames=0"):
         page_settings(app_cfg("max_frames=0"))
+
+
+def test_reference_keypoints_from_a_shard_take_its_first_frame(tmp_path):
+    """reference_keypoints=<shard.tar>: the reference image is that sample's first frame (the bundled examples)."""
+    example = driving_example("wave_zoom")
+    data = {"resolution": 32, "clip_len": 8, "stage": "video"}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("generate", overrides=[
+            "ckpt_path=unused", f"reference={example.shard.with_suffix('.png')}", "reference_mask=none",
+            f"motion={driving_example('dance_pan').shard}", "camera=static", "num_frames=8",
+            f"reference_keypoints={example.shard}",
+        ])  # fmt: skip
+    ref = prepare_jobs(cfg, data)[0].reference_keypoints
+    clip = next(iter_clips([str(example.shard)]))
+    truth = clip.pose[0].copy()
+    scale = 32 / clip.frames.shape[1]
+    seen = truth[:, 2] > 0
+    assert np.allclose(ref[seen, :2], truth[seen, :2] * scale, atol=1e-3)
