@@ -119,7 +119,12 @@ def test_generation_config_maps_the_page_controls(base, tmp_path):
     assert cfg.camera == "zoom" and cfg.camera_args.zoom_rate == -0.02 and cfg.camera_args.speed == 2.5
     assert cfg.motion == str(driving_example("dance_pan").shard) and cfg.loop and not cfg.overwrite
     assert cfg.seed == 7 and cfg.guidance.reference == 2.0 and cfg.guidance.tracks == 1.5
-    assert cfg.reference_keypoints is None and not cfg.retarget and cfg.output_dir == str(tmp_path / "out")
+    # a bundled example image is its clip's first frame: the person hint gets that clip's first pose
+    assert cfg.reference_keypoints == str(driving_example("dance_pan").shard)
+    assert not cfg.retarget and cfg.output_dir == str(tmp_path / "out")
+    other = tmp_path / "me.png"
+    other.write_bytes((EXAMPLES_DIR / "dance_pan.png").read_bytes())
+    assert generation_config(request(reference=str(other)), base, tmp_path).reference_keypoints is None
     assert generation_config(request(background="static"), base, tmp_path).camera == "static"
     assert generation_config(request(background="tracks"), base, tmp_path).camera is None
     retarget = generation_config(request(retarget=True), base, tmp_path)

@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from fgbg.app.examples import driving_example
+from fgbg.app.examples import DRIVING_EXAMPLES, driving_example
 from fgbg.generation.camera import KINDS as CAMERA_KINDS
 from fgbg.generation.inputs import InputError
 from fgbg.generation.sources import VIDEO_SUFFIXES
@@ -167,11 +167,22 @@ def motion_path(req: GenerationRequest) -> str:
     return str(req.driving_video if req.motion_source == "video" else req.motion_file)
 
 
+def reference_keypoints_for(req: GenerationRequest) -> str | None:
+    """The reference person's keypoints: ``auto`` (mediapipe) to retarget; for a bundled example image its
+    own shard (the image is that clip's first frame), which the person hint uses; else none."""
+    if req.retarget:
+        return "auto"
+    for example in DRIVING_EXAMPLES:
+        if Path(req.reference).resolve() == example.shard.with_suffix(".png").resolve():
+            return str(example.shard)
+    return None
+
+
 def generation_config(req: GenerationRequest, base: DictConfig, output_dir: Path) -> DictConfig:
     """The ``conf/generate.yaml`` config of one request (``base``: the page's composed defaults)."""
     cfg = copy.deepcopy(base)
     cfg.reference = str(req.reference)
-    cfg.reference_keypoints = "auto" if req.retarget else None
+    cfg.reference_keypoints = reference_keypoints_for(req)
     cfg.retarget = bool(req.retarget)
     cfg.motion = motion_path(req)
     cfg.motion_key = None
