@@ -74,13 +74,14 @@ def train_command(model: str, stage: str) -> list[str]:
     return cmd
 
 
-def train() -> None:
-    """Both models, stage by stage, in parallel (one thread each, so they share the machine evenly)."""
+def train(models: list[str] | None = None) -> None:
+    """The models (default both), stage by stage, in parallel (one thread each, so they share the machine evenly)."""
     ensure_data()
+    models = models or list(MODELS)
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     for stage in ("image", "video"):
         procs = {}
-        for model in MODELS:
+        for model in models:
             folder = run_dir(model, stage)
             if os.path.isfile(os.path.join(folder, "done.json")):
                 print(f"[claims] {model}/{stage}: done already ({folder})", flush=True)
@@ -217,8 +218,14 @@ def report(out_md: str) -> dict:
         a, b = mean[win][key], mean[lose][key]
         # Paired by sample: the mean gain and its standard error; a claim holds when the gain is > 2 SE.
         other = {x["key"]: x.get(key) for x in results[lose]["per_sample"]}
-        gains = np.array([(x.get(key) - other[x["key"]]) * better for x in results[win]["per_sample"]
-                          if x["key"] in other and x.get(key) is not None and other[x["key"]] is not None], float)
+        gains = np.array(
+            [
+                (x.get(key) - other[x["key"]]) * better
+                for x in results[win]["per_sample"]
+                if x["key"] in other and x.get(key) is not None and other[x["key"]] is not None
+            ],
+            float,
+        )
         gains = gains[np.isfinite(gains)]
         gain = float(gains.mean()) if len(gains) else float("nan")
         se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
@@ -374,6 +381,13 @@ MODELS_EXTRA: dict[str, list[str]] = {"image": [], "video": []}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["train", "evaluate", "report", "all"])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=None,
+        help="train only these models (make demo-train: full)",
+    )
     ap.add_argument("--out", default=OUT, help="run folder of the benchmark (default runs/claims)")
     ap.add_argument("--results", default=os.path.join(ROOT, "docs", "results.md"), help="the page to write")
     ap.add_argument("--image-steps", type=int, default=BUDGET["image"]["max_steps"])
@@ -383,7 +397,7 @@ def main() -> int:
     args = ap.parse_args()
     set_options(args)
     if args.what in ("train", "all"):
-        train()
+        train(args.models)
     if args.what in ("evaluate", "all"):
         evaluate()
     if args.what in ("report", "all"):

@@ -105,10 +105,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = model_data_settings(cfg.ckpt_path)
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
-    predictor = LongVideoPredictor(
-        model, int(cfg.steps), cfg.sampler, OmegaConf.to_container(cfg.guidance, resolve=True), int(cfg.seed),
-        link=bool(cfg.get("link", True)), reference_every_clip=bool(cfg.get("reference_every_clip", True)),
-    )
+    predictor = LongVideoPredictor.from_config(model, cfg)
     counter = SkipCounter()
     per_sample, rows = [], []
     for i, clip in enumerate(iter_clips(shards, counter)):

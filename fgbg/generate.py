@@ -215,10 +215,7 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, callbacks=[writer, *(callbacks or [])],
         enable_progress_bar=True, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
-    predictor = LongVideoPredictor(
-        model, int(cfg.steps), cfg.sampler, OmegaConf.to_container(cfg.guidance, resolve=True), int(cfg.seed),
-        link=bool(cfg.get("link", True)), reference_every_clip=bool(cfg.get("reference_every_clip", True)),
-    )
+    predictor = LongVideoPredictor.from_config(model, cfg)
     trainer.predict(predictor, datamodule=VideoJobsDataModule(jobs), return_predictions=False)
     log.info("wrote %s", ", ".join(sorted(writer.paths.values())))
     import json

@@ -14,7 +14,6 @@ import av
 import numpy as np
 from PIL import Image
 
-
 # Encoder settings for streaming: a short look-ahead and no frame threads, so the encoder holds a
 # few frames instead of ~40 (x264's default look-ahead) and the writer's memory stops growing
 # after the first clip (bench/long_video.py). Quality is set by crf; files are slightly larger.
@@ -48,7 +47,9 @@ class VideoFileWriter:
         self._container = av.open(str(self.tmp), "w", format=fmt)
         rate = max(1, round(self.fps))
         if self.kind == "mp4":
-            self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(self.crf), **X264_STREAMING})
+            self._stream = self._container.add_stream(
+                "libx264", rate=rate, options={"crf": str(self.crf), **X264_STREAMING}
+            )
             self._stream.pix_fmt = "yuv420p"
             self._stream.width, self._stream.height = w + (w % 2), h + (h % 2)
         else:

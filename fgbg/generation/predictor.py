@@ -50,6 +50,21 @@ class LongVideoPredictor(L.LightningModule):
         self.last_frame: torch.Tensor | None = None
         self.clip_seconds: list[float] = []
 
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, cfg) -> LongVideoPredictor:
+        """From the sampling keys shared by ``conf/generate.yaml`` and ``conf/evaluate.yaml``."""
+        from omegaconf import OmegaConf
+
+        return cls(
+            model,
+            int(cfg.steps),
+            cfg.sampler,
+            OmegaConf.to_container(cfg.guidance, resolve=True),
+            int(cfg.seed),
+            link=bool(cfg.get("link", True)),
+            reference_every_clip=bool(cfg.get("reference_every_clip", True)),
+        )
+
     def on_predict_start(self) -> None:
         self.ctx = None
         self.last_frame = None
