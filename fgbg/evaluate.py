@@ -94,6 +94,40 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _distribution_metrics(cfg: DictConfig) -> dict[str, Any]:
+    """FID (per frame) and FVD (per clip of ``fvd_clip_frames``) when their weights are given."""
+    from fgbg.eval.features import FrechetDistance, InceptionFeatures, load_video_features
+
+    out: dict[str, Any] = {}
+    if cfg.get("fid_weights"):
+        out["fid"] = FrechetDistance(InceptionFeatures(cfg.fid_weights, image_size=int(cfg.fid_image_size)))
+    if cfg.get("fvd_weights"):
+        out["fvd"] = FrechetDistance(load_video_features(cfg.fvd_weights, cfg.fvd_arch))
+    return out
+
+
+def _update_distributions(metrics: dict, truth: torch.Tensor, gen: torch.Tensor, clip_frames: int) -> None:
+    """truth, gen: (T, 3, H, W) in [0, 1] (frames 1..T-1 of a sample)."""
+    if "fid" in metrics:
+        metrics["fid"].update(truth, real=True)
+        metrics["fid"].update(gen, real=False)
+    if "fvd" in metrics:
+        n = truth.shape[0] // clip_frames
+        if n == 0:
+            raise ValueError(f"fvd_clip_frames={clip_frames}: the sample has only {truth.shape[0]} generated frames")
+        cut = n * clip_frames
+        metrics["fvd"].update(truth[:cut].unflatten(0, (n, clip_frames)), real=True)
+        metrics["fvd"].update(gen[:cut].unflatten(0, (n, clip_frames)), real=False)
+
+
+def _compute_distribution(name: str, metric) -> float:
+    try:
+        return float(metric.compute())
+    except ValueError as err:  # fewer than 2 samples on a side
+        log.warning("%s not computed: %s", name, err)
+        return float("nan")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data.val_shards``; returns and writes ``metrics.json``."""
     out_dir = Path(cfg.output_dir)
@@ -106,6 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
     predictor = LongVideoPredictor.from_config(model, cfg)
+    distributions = _distribution_metrics(cfg)
     counter = SkipCounter()
     per_sample, rows = [], []
     for i, clip in enumerate(iter_clips(shards, counter)):
@@ -113,6 +148,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             break
         m, gen = evaluate_sample(model, predictor, clip, data, cfg, device)
         per_sample.append(m)
+        if distributions:
+            truth_u = torch.from_numpy(fit_clip(clip, gen.shape[1], gen.shape[2]).frames).permute(0, 3, 1, 2) / 255.0
+            gen_u = torch.from_numpy(gen).permute(0, 3, 1, 2).float() / 255.0
+            _update_distributions(distributions, truth_u[1:].float(), gen_u[1:], int(cfg.fvd_clip_frames))
         if cfg.get("save_frames"):
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
             np.save(out_dir / "frames" / f"{str(m['key']).replace('/', '_')}.npy", gen)
@@ -133,6 +172,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped": counter.as_dict(),
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "mean": {k: _mean([m.get(k, float("nan")) for m in per_sample]) for k in numeric},
+        **{name: _compute_distribution(name, metric) for name, metric in distributions.items()},
         "per_sample": per_sample,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,29 @@ def test_existing_metrics_are_not_overwritten_and_missing_shards_are_named(setup
                                              f"data.val_shards={tmp_path / 'nope-000000.tar'}", f"output_dir={tmp_path / 'x'}"])  # fmt: skip
         with pytest.raises(FileNotFoundError, match="nope-000000.tar"):
             evaluate(cfg)
+
+
+from .test_metrics_features import i3d_file, inception_file  # noqa: E402,F401 - fixtures (random nets saved locally)
+
+
+def test_fid_and_fvd_from_local_weights(setup, tmp_path, inception_file, i3d_file):  # noqa: F811
+    d, shards = setup
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            f"ckpt_path={d / 'model.safetensors'}", f"data.val_shards={shards[0]}", "steps=1", "clip_len=4",
+            f"output_dir={tmp_path}", f"fid_weights={inception_file}", "fid_image_size=75",
+            f"fvd_weights={i3d_file}", "fvd_clip_frames=4",
+        ])  # fmt: skip
+    report = evaluate(cfg)
+    # a random tiny model against the truth: finite and clearly above 0
+    assert math.isfinite(report["fid"]) and report["fid"] > 0
+    assert math.isfinite(report["fvd"]) and report["fvd"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["fid"] == pytest.approx(report["fid"])
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            f"ckpt_path={d / 'model.safetensors'}", f"data.val_shards={shards[0]}", "steps=1", "clip_len=4",
+            f"output_dir={tmp_path / 'missing'}", f"fid_weights={tmp_path / 'nope.pth'}",
+        ])  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        evaluate(cfg)
+    assert not (tmp_path / "missing" / "metrics.json").exists()
