@@ -192,6 +192,12 @@ CLAIMS = [
 ]
 
 
+def _relative(arg: str) -> str:
+    """A command argument as a user would type it: no absolute paths into this checkout."""
+    arg = arg.replace(ROOT + os.sep, "")
+    return os.path.basename(arg) if os.path.isabs(arg) and os.path.dirname(arg) == os.path.dirname(sys.executable) else arg
+
+
 def report(out_md: str) -> dict:
     import numpy as np
 
@@ -322,7 +328,7 @@ def report(out_md: str) -> dict:
     lines += [
         "",
         "Both models train side by side on one CPU thread each, stage image then stage video",
-        f"(`{' '.join(os.path.basename(x) if i == 0 else x for i, x in enumerate(train_command('full', 'image')))}`; "
+        f"(`{' '.join(_relative(x) for x in train_command('full', 'image'))}`; "
         "the pose-only row adds `model.use_tracks=false`). `no_link` and `first_clip_ref` are generation-time",
         "ablations of the full model (`link=false`, `reference_every_clip=false`), so their budget is the full",
         "model's. Seed 0 for every run.",
