@@ -38,6 +38,8 @@ def random_batch(b: int, t: int, size: int, n: int, device) -> dict:
         "reference": r(b, 3, size, size) * 2 - 1,
         "reference_mask": (r(b, 1, size, size) > 0.7).float(),
         "pose_maps": r(b, t, 3, size, size),
+        "keypoints": torch.cat([r(b, t, 18, 2) * size, torch.ones(b, t, 18, 1, device=device)], -1),
+        "reference_keypoints": torch.cat([r(b, 18, 2) * size, torch.ones(b, 18, 1, device=device)], -1),
         "body_region": (r(b, t, 1, size, size) > 0.7).float(),
         "track_maps": r(b, t, 3, size, size),
         "tracks": r(b, t, n, 2) * size,
