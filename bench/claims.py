@@ -195,7 +195,9 @@ CLAIMS = [
 def _relative(arg: str) -> str:
     """A command argument as a user would type it: no absolute paths into this checkout."""
     arg = arg.replace(ROOT + os.sep, "")
-    return os.path.basename(arg) if os.path.isabs(arg) and os.path.dirname(arg) == os.path.dirname(sys.executable) else arg
+    return (
+        os.path.basename(arg) if os.path.isabs(arg) and os.path.dirname(arg) == os.path.dirname(sys.executable) else arg
+    )
 
 
 def report(out_md: str) -> dict:
