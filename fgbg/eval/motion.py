@@ -74,9 +74,9 @@ def track_queries(
         if len(live) == 0:
             continue
         start = tracks[t, live]
-        # LKTracker._flow is the preprocessing's LK step (corner-origin points in and out).
-        moved, ok_forward = tracker._flow(grays[t], grays[t + 1], start)
-        back, ok_backward = tracker._flow(grays[t + 1], grays[t], moved)
+        # LKTracker.flow is the preprocessing's LK step (corner-origin points in and out).
+        moved, ok_forward = tracker.flow(grays[t], grays[t + 1], start)
+        back, ok_backward = tracker.flow(grays[t + 1], grays[t], moved)
         fb_error = np.linalg.norm(back - start, axis=1)
         ok = ok_forward & ok_backward & (fb_error < tracker.fb_threshold) & inside_roi(moved, frame_box, tracker.border)
         tracks[t + 1, live[ok]] = moved[ok]

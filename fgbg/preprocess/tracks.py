@@ -198,7 +198,7 @@ class LKTracker:
         self.border = border
         self.version = f"opencv-{cv2.__version__} win={win_size} levels={max_level} fb<{fb_threshold}px"
 
-    def _flow(self, a: np.ndarray, b: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def flow(self, a: np.ndarray, b: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """LK from image a to b of (M, 2) corner-origin points -> (positions in b, ok)."""
         moved, status, _ = cv2.calcOpticalFlowPyrLK(a, b, (points - 0.5).reshape(-1, 1, 2), None, **self.lk_kwargs)
         return moved.reshape(-1, 2) + 0.5, status.reshape(-1).astype(bool)
@@ -232,8 +232,8 @@ class LKTracker:
         for t in range(t_len - 1):
             if len(live):
                 p0 = pos[t, live]
-                p1, ok_fwd = self._flow(grays[t], grays[t + 1], p0)
-                p0_back, ok_bwd = self._flow(grays[t + 1], grays[t], p1)
+                p1, ok_fwd = self.flow(grays[t], grays[t + 1], p0)
+                p0_back, ok_bwd = self.flow(grays[t + 1], grays[t], p1)
                 err = np.linalg.norm(p0_back - p0, axis=1)
                 ok = ok_fwd & ok_bwd & (err < self.fb_threshold) & inside_roi(p1, roi, self.border)
                 ok &= pixel_lookup(allowed[t + 1], p1)
