@@ -81,6 +81,7 @@ bench: $(STAMP) ## Run the CPU benchmarks (JSON in bench/results; summarised by 
 	$(PY) bench/data_throughput.py
 	$(PY) bench/preprocess_throughput.py
 	$(PY) bench/train_step.py
+	$(PY) bench/train_memory.py
 	$(PY) bench/long_video.py
 
 demo-train: $(STAMP) ## Reproduce the demo model: the claims benchmark's full model (stage image 50 min, stage video 20 min), then a float16 bundle
