@@ -44,8 +44,8 @@ def _unit(frames: torch.Tensor) -> torch.Tensor:
 
 def evaluate_sample(
     model, predictor, clip, data: dict[str, Any], cfg: DictConfig, device: str
-) -> tuple[dict, np.ndarray]:
-    """One sample -> (its metrics, generated frames (T, H, W, 3) uint8)."""
+) -> tuple[dict, np.ndarray, Any]:
+    """One sample -> (its metrics, generated frames (T, H, W, 3) uint8, the clip fitted to the model's size)."""
     res = int(data.get("resolution") or 32)
     clip = fit_clip(clip, res, res)
     t = clip.num_frames
@@ -86,7 +86,7 @@ def evaluate_sample(
         # The true video's own drift (new background entering a moving camera's view): the floor to compare with.
         true_drift = colour_drift(truth, mask, clip_len)
         m |= {f"{k}_truth": v for k, v in true_drift.items() if not isinstance(v, list)}
-    return m, gen_u8
+    return m, gen_u8, clip
 
 
 def _mean(values: list[float]) -> float:
@@ -146,10 +146,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for i, clip in enumerate(iter_clips(shards, counter)):
         if i >= int(cfg.data.max_samples):
             break
-        m, gen = evaluate_sample(model, predictor, clip, data, cfg, device)
+        m, gen, truth = evaluate_sample(model, predictor, clip, data, cfg, device)
         per_sample.append(m)
         if distributions:
-            truth_u = torch.from_numpy(fit_clip(clip, gen.shape[1], gen.shape[2]).frames).permute(0, 3, 1, 2) / 255.0
+            truth_u = torch.from_numpy(truth.frames).permute(0, 3, 1, 2) / 255.0
             gen_u = torch.from_numpy(gen).permute(0, 3, 1, 2).float() / 255.0
             _update_distributions(distributions, truth_u[1:].float(), gen_u[1:], int(cfg.fvd_clip_frames))
         if cfg.get("save_frames"):
@@ -158,8 +158,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s: psnr %.2f (bg %.2f, person %.2f), track error %.2f px", m["key"], m["psnr"],
                  m["psnr_background"], m["psnr_person"], m.get("track_error_px", float("nan")))  # fmt: skip
         if len(rows) < 2 * int(cfg.sheet_samples):
-            res = gen.shape[1]
-            truth = fit_clip(clip, res, res)
             rows += [{"frames": truth.frames, "label": f"truth {clip.key}"}, {"frames": gen, "pose": truth.pose,
                      "tracks": truth.tracks, "visible": truth.visible, "label": "generated"}]  # fmt: skip
     if not per_sample:
