@@ -71,7 +71,40 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bench_stage(model_name: str, stage: str, batch: int, frames: int, size: int, steps: int, device, overrides):
+DENSE_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution_backward",
+             "aten::mkldnn_convolution", "aten::_convolution", "aten::_scaled_dot_product_flash_attention_for_cpu",
+             "aten::_scaled_dot_product_flash_attention_for_cpu_backward")  # fmt: skip
+
+
+def profile_steps(step, steps: int, top: int = 15) -> dict:
+    """Where a step's time goes: self CPU time per aten op over ``steps`` steps, and the share spent in dense ops
+    (matmuls, convolutions, fused attention: the work the FLOP count measures) against everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in rows)
+    dense = sum(e.self_cpu_time_total for e in rows if e.key in DENSE_OPS)
+    rows.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {
+        "steps": steps,
+        "dense_op_share": round(dense / max(total, 1), 3),
+        "top_ops": [
+            {
+                "op": e.key,
+                "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 1),
+                "share": round(e.self_cpu_time_total / max(total, 1), 3),
+                "calls_per_step": e.count // steps,
+            }
+            for e in rows[:top]
+        ],  # fmt: skip
+    }
+
+
+def bench_stage(model_name: str, stage: str, batch: int, frames: int, size: int, steps: int, device, overrides,
+                profile: int = 0):  # fmt: skip
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model_name}", f"model.stage={stage}", *overrides])
     torch.manual_seed(0)
@@ -107,7 +140,7 @@ def bench_stage(model_name: str, stage: str, batch: int, frames: int, size: int,
         peak_mem = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process max RSS (GiB)
-    return {
+    out = {
         "model": model_name,
         "stage": stage,
         "batch": batch,
@@ -122,6 +155,9 @@ def bench_stage(model_name: str, stage: str, batch: int, frames: int, size: int,
         "achieved_gflop_s": round(flops / t / 1e9, 2),
         "peak_memory_gib": round(peak_mem, 3),
     }
+    if profile and torch.device(device).type == "cpu":
+        out["profile"] = profile_steps(step, profile)
+    return out
 
 
 def main():
@@ -134,6 +170,7 @@ def main():
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--stages", default="image,video")
+    ap.add_argument("--profile", type=int, default=0, help="also profile this many steps (CPU): top ops, dense share")
     ap.add_argument("--out", default="bench/results/train_step.json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for the model config")
     args = ap.parse_args()
@@ -148,7 +185,7 @@ def main():
     results = []
     for stage in args.stages.split(","):
         b = args.batch if stage == "image" else args.video_batch
-        r = bench_stage(args.model, stage, b, args.frames, args.size, args.steps, args.device, overrides)
+        r = bench_stage(args.model, stage, b, args.frames, args.size, args.steps, args.device, overrides, args.profile)
         r["fraction_of_matmul_peak"] = round(r["achieved_gflop_s"] * 1e9 / peak, 3)
         results.append(r)
         print(json.dumps(r))
