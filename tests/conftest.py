@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +17,43 @@ import pytest
 
 from fgbg.data.schema import NUM_KEYPOINTS, Clip
 from fgbg.data.shards import ClipShardWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_synth(out: Path, num_videos: int = 4, videos_per_shard: int | None = None, num_frames: int = 8,
+              seed: int = 0) -> Path:  # fmt: skip
+    """Write ``num_videos`` clips of ``num_frames`` frames into ``out`` with the real ``fgbg-synth`` (a subprocess)."""
+    cmd = [sys.executable, "-m", "fgbg.synth", f"output={out}", f"num_videos={num_videos}",
+           f"num_frames={num_frames}", f"seed={seed}"]  # fmt: skip
+    if videos_per_shard is not None:
+        cmd.append(f"videos_per_shard={videos_per_shard}")
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, f"fgbg-synth failed:\n{done.stderr[-3000:]}"
+    return out
+
+
+def save_tiny_bundle(path: Path, resolution: int = 16, clip_len: int = 4, max_tracks: int = 12, seed: int = 0) -> Path:
+    """Save a seeded tiny random model (``tests.test_model.small_model_cfg``) as a self-describing bundle at ``path``."""
+    import torch
+    from hydra.utils import instantiate
+
+    from fgbg.models.bundle import save_bundle
+    from tests.test_model import small_model_cfg
+
+    torch.manual_seed(seed)
+    model_cfg = small_model_cfg()
+    data = {"resolution": resolution, "clip_len": clip_len, "max_tracks": max_tracks}
+    save_bundle(instantiate(model_cfg), path, model_cfg, data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_shard(tmp_path_factory) -> str:
+    """One shard of 4 small 8-frame clips written by the real fgbg-synth (shared by the training tests)."""
+    shards = sorted(run_synth(tmp_path_factory.mktemp("synth")).glob("train-*.tar"))
+    assert shards, "fgbg-synth wrote no train-*.tar"
+    return str(shards[0])
 
 
 def random_clip(key: str = "vid0_0000", t: int = 8, h: int = 32, w: int = 32, n: int = 12, seed: int = 0) -> Clip:

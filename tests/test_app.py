@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
 from fgbg.app.examples import DRIVING_EXAMPLES, EXAMPLES_DIR, driving_example, reference_examples
@@ -23,10 +22,8 @@ from fgbg.data.shards import iter_clips
 from fgbg.data.video import VideoFileWriter
 from fgbg.generate import prepare_jobs
 from fgbg.generation.inputs import InputError
-from fgbg.models.bundle import save_bundle
 from fgbg.train import CONF_DIR
-
-from .test_model import small_model_cfg
+from tests.conftest import save_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_frames=12, max_steps=5, max_driving_seconds=1.0)
@@ -34,13 +31,7 @@ LIMITS = Limits(max_frames=12, max_steps=5, max_driving_seconds=1.0)
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    import torch
-
-    path = tmp_path_factory.mktemp("app-model") / "model.safetensors"
-    torch.manual_seed(0)
-    model_cfg = small_model_cfg()
-    save_bundle(instantiate(model_cfg), path, model_cfg, {"resolution": 16, "clip_len": 4, "max_tracks": 12})
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp("app-model") / "model.safetensors", resolution=16, clip_len=4)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_model import small_model_cfg
+from tests.conftest import save_tiny_bundle
 
 pytestmark = pytest.mark.browser
 
@@ -58,17 +58,8 @@ def browser_context(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """``fgbg-app`` serving a tiny random model (32x32, clips of 8 frames) on a free port."""
-    import torch
-    from hydra.utils import instantiate
-
-    from fgbg.models.bundle import save_bundle
-
     d = tmp_path_factory.mktemp("app")
-    torch.manual_seed(0)
-    model_cfg = small_model_cfg()
-    save_bundle(
-        instantiate(model_cfg), d / "model.safetensors", model_cfg, {"resolution": 32, "clip_len": 8, "max_tracks": 12}
-    )
+    save_tiny_bundle(d / "model.safetensors", resolution=32, clip_len=8)
     port = _free_port()
     cmd = [sys.executable, "-m", "fgbg.app", f"ckpt_path={d / 'model.safetensors'}", f"port={port}",
            f"output_root={d / 'outputs'}", "default_frames=8", "default_steps=2", "generate.gif=false"]  # fmt: skip

@@ -11,28 +11,19 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from fgbg.evaluate import evaluate
-from fgbg.models.bundle import save_bundle
 from fgbg.synth.app import synthesize
 from fgbg.train import CONF_DIR
-
-from .test_model import small_model_cfg
+from tests.conftest import save_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import torch
-
     d = tmp_path_factory.mktemp("eval")
-    torch.manual_seed(0)
-    model_cfg = small_model_cfg()
-    save_bundle(
-        instantiate(model_cfg), d / "model.safetensors", model_cfg, {"resolution": 16, "clip_len": 4, "max_tracks": 12}
-    )
+    save_tiny_bundle(d / "model.safetensors", resolution=16, clip_len=4)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         scfg = compose("synth", overrides=[f"output={d / 'shards'}", "num_videos=2", "height=32", "width=32",
                                            "num_frames=9", "seed=3", "split=test"])  # fmt: skip

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
 from fgbg.data.shards import iter_clips
@@ -19,11 +18,10 @@ from fgbg.data.video import read_video
 from fgbg.generate import generate
 from fgbg.generation.inputs import InputError
 from fgbg.generation.motion import MotionError
-from fgbg.models.bundle import load_bundle, read_bundle_info, save_bundle
+from fgbg.models.bundle import load_bundle, read_bundle_info
 from fgbg.synth.app import synthesize
 from fgbg.train import CONF_DIR
-
-from .test_model import small_model_cfg
+from tests.conftest import save_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"resolution": 16, "clip_len": 4, "max_tracks": 12}
@@ -32,12 +30,8 @@ DATA = {"resolution": 16, "clip_len": 4, "max_tracks": 12}
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model bundle, a synthetic driving shard and a reference image + mask from it."""
-    import torch
-
     d = tmp_path_factory.mktemp("gen")
-    torch.manual_seed(0)
-    model_cfg = small_model_cfg()
-    save_bundle(instantiate(model_cfg), d / "model.safetensors", model_cfg, DATA)
+    save_tiny_bundle(d / "model.safetensors", **DATA)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         scfg = compose("synth", overrides=[f"output={d / 'shards'}", "num_videos=1", "height=16", "width=16",
                                            "num_frames=12", "seed=0"])  # fmt: skip

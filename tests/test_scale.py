@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_synth
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "experiment=synthetic_tiny_image",
@@ -31,12 +33,7 @@ TINY = [
 
 def synth(out: Path, num_videos: int, videos_per_shard: int) -> Path:
     """``num_videos`` 8-frame clips, ``videos_per_shard`` per shard, written into ``out`` by the real fgbg-synth."""
-    subprocess.run(
-        [sys.executable, "-m", "fgbg.synth", f"output={out}", f"num_videos={num_videos}", "num_frames=8",
-         f"videos_per_shard={videos_per_shard}", "seed=0"],
-        check=True, capture_output=True, cwd=REPO,
-    )  # fmt: skip
-    return out
+    return run_synth(out, num_videos, videos_per_shard)
 
 
 @pytest.fixture(scope="module")

@@ -36,16 +36,6 @@ RUN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run(
-        [sys.executable, "-m", "fgbg.synth", f"output={out}", "num_videos=4", "num_frames=8", "seed=0"],
-        check=True, capture_output=True, cwd=REPO,
-    )  # fmt: skip
-    return str(sorted(out.glob("train-*.tar"))[0])
-
-
 def _cmd(log_dir: Path, shards: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fgbg.train", f"paths.log_dir={log_dir}", f"data.train_shards={shards}", *RUN, *extra]
 
@@ -68,7 +58,8 @@ def test_find_resume_checkpoint_prefers_last_then_highest_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path, shards):
+def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path, synth_shard):
+    shards = synth_shard
     _run(_cmd(tmp_path / "straight", shards, "run_name=straight"))
     straight = tmp_path / "straight" / "synthetic_tiny_image" / "runs" / "straight" / "checkpoints"
 

@@ -33,21 +33,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def synth_shards(tmp_path_factory) -> str:
-    """A few small clips written by the real fgbg-synth."""
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run(
-        [sys.executable, "-m", "fgbg.synth", f"output={out}", "num_videos=4", "num_frames=8", "seed=0"],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    shards = sorted(out.glob("train-*.tar"))
-    assert shards
-    return str(shards[0])
-
-
 def test_every_experiment_composes():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for exp in ("synthetic_tiny_image", "synthetic_tiny_video"):
@@ -60,12 +45,12 @@ def test_every_experiment_composes():
         assert sd.model.latent.pretrained == "/sd15" and sd.model.noise_scheduler.prediction_type == "epsilon"
 
 
-def test_train_in_process_writes_logs_and_stage_weights(tmp_path, synth_shards):
+def test_train_in_process_writes_logs_and_stage_weights(tmp_path, synth_shard):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["experiment=synthetic_tiny_image", f"data.train_shards={synth_shards}",
-                       f"data.val_shards={synth_shards}", *FAST],
+            overrides=["experiment=synthetic_tiny_image", f"data.train_shards={synth_shard}",
+                       f"data.val_shards={synth_shard}", *FAST],
             return_hydra_config=True,
         )  # fmt: skip
         with open_dict(cfg):
@@ -97,8 +82,8 @@ def _single_run(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_cli_image_then_video_from_its_weights(tmp_path, synth_shards):
-    data = [f"data.train_shards={synth_shards}", f"data.val_shards={synth_shards}", *FAST]
+def test_cli_image_then_video_from_its_weights(tmp_path, synth_shard):
+    data = [f"data.train_shards={synth_shard}", f"data.val_shards={synth_shard}", *FAST]
     _run_cli(["experiment=synthetic_tiny_image", f"paths.log_dir={tmp_path / 'img'}", "logger=csv_wandb", *data], REPO)
     img_run = _single_run(tmp_path / "img")
     rows = list(csv.DictReader(open(img_run / "csv" / "metrics.csv")))
@@ -117,12 +102,12 @@ def test_cli_image_then_video_from_its_weights(tmp_path, synth_shards):
     assert (vid_run / "checkpoints" / "video_ema.safetensors").is_file()
 
 
-def test_bad_init_from_is_a_clear_error(tmp_path, synth_shards):
+def test_bad_init_from_is_a_clear_error(tmp_path, synth_shard):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
             "train",
             overrides=["experiment=synthetic_tiny_video", f"model.init_from={tmp_path / 'missing.safetensors'}",
-                       f"data.train_shards={synth_shards}", f"data.val_shards={synth_shards}", *FAST],
+                       f"data.train_shards={synth_shard}", f"data.val_shards={synth_shard}", *FAST],
             return_hydra_config=True,
         )  # fmt: skip
         with open_dict(cfg):
