@@ -63,7 +63,7 @@ browser-deps: $(APP_STAMP) ## Install what the browser test needs: .[app] and De
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 test-browser: browser-deps ## Drive the demo page in headless Chromium; saves docs/images/app_screenshot.png
-	$(PY) -m pytest -q -m browser --timeout=900
+	FGBG_RECORD=1 $(PY) -m pytest -q -m browser --timeout=900
 
 DEMO_MODEL ?= fgbg/assets/demo_model.safetensors
 EXAMPLES := fgbg/assets/examples

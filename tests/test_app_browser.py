@@ -2,7 +2,7 @@
 
 Starts ``python -m fgbg.app`` in a subprocess on a tiny random model bundle,
 uploads a picture, picks a camera preset, generates, waits for the video to
-play and saves ``docs/images/app_screenshot.png``. Run by ``make test-browser``
+play and saves ``docs/images/app_screenshot.png`` (with FGBG_RECORD=1). Run by ``make test-browser``
 and ``make test-full`` (which install chromium and the ``app`` extra first).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_tiny_bundle
+from tests.conftest import record_path, save_tiny_bundle
 
 pytestmark = pytest.mark.browser
 
@@ -133,11 +133,12 @@ def test_upload_preset_generate_and_the_video_plays(browser_context, app_url, tm
     requests = list(app_url["outputs"].glob("request-*"))
     assert len(requests) == 1 and (requests[0] / "video.mp4").is_file() and (requests[0] / "sheet.png").is_file()
     page.locator("#sheet img").wait_for(timeout=30_000)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    with Image.open(SCREENSHOT) as shot:  # 256 colours: a third of the bytes in the repository, looks the same
-        shot.convert("RGB").quantize(256).save(SCREENSHOT, optimize=True)
-    assert SCREENSHOT.stat().st_size > 10_000
+    shot_path = record_path(SCREENSHOT, tmp_path)
+    shot_path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot_path), full_page=True)
+    with Image.open(shot_path) as shot:  # 256 colours: a third of the bytes in the repository, looks the same
+        shot.convert("RGB").quantize(256).save(shot_path, optimize=True)
+    assert shot_path.stat().st_size > 10_000
     page.close()
 
 

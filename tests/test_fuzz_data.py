@@ -3,7 +3,7 @@
 The fuzzer (marked slow, run by `make test-full`) mutates valid shards byte by byte and in
 blocks for a fixed time budget, reads every mutant with the safe reader, and requires that
 nothing but the documented skip path happens: no exception escapes, every clip that comes
-out validates. The number of inputs tried is written to bench/results/fuzz_shards.json.
+out validates. The number of inputs tried is written to bench/results/fuzz_shards.json when FGBG_RECORD=1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fgbg.data.render import render_pose_maps, render_track_maps
 from fgbg.data.schema import SampleError, decode_clip, encode_clip
 from fgbg.data.shards import ClipShardWriter, SkipCounter, iter_clips
 
-from .conftest import random_clip
+from .conftest import random_clip, record_path
 
 FUZZ_SECONDS = float(os.environ.get("FGBG_FUZZ_SECONDS", "60"))
 
@@ -147,7 +147,7 @@ def test_fuzz_shard_reader_over_mutated_shards(tmp_path):
         "skips": counter.as_dict(),
         "command": "make test-full (tests/test_fuzz_data.py::test_fuzz_shard_reader_over_mutated_shards)",
     }
-    out = Path(__file__).resolve().parents[1] / "bench" / "results" / "fuzz_shards.json"
+    out = record_path(Path(__file__).resolve().parents[1] / "bench" / "results" / "fuzz_shards.json", tmp_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     assert tried > 100
