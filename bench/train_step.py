@@ -99,7 +99,7 @@ def profile_steps(step, steps: int, top: int = 15) -> dict:
                 "calls_per_step": e.count // steps,
             }
             for e in rows[:top]
-        ],  # fmt: skip
+        ],
     }
 
 

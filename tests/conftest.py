@@ -49,10 +49,9 @@ def save_tiny_bundle(path: Path, resolution: int = 16, clip_len: int = 4, max_tr
 
 
 def record_path(tracked: Path, scratch: Path) -> Path:
-    """Where a test writes a result that the repository keeps (a screenshot, a fuzzing tally): the tracked
-    file only when ``FGBG_RECORD=1`` (``make test-browser`` sets it; ``FGBG_RECORD=1 make test-full`` records
-    every one), else a scratch copy, so
-    that an ordinary test run leaves the working tree as it found it."""
+    """Where a test writes a result that the repository keeps (a screenshot, a fuzzing tally): the tracked file
+    only when ``FGBG_RECORD=1`` (``make test-browser`` sets it; ``FGBG_RECORD=1 make test-full`` records every
+    one), else a scratch copy, so that an ordinary test run leaves the working tree as it found it."""
     return tracked if os.environ.get("FGBG_RECORD") == "1" else scratch / tracked.name
 
 

@@ -31,15 +31,10 @@ TINY = [
 ]
 
 
-def synth(out: Path, num_videos: int, videos_per_shard: int) -> Path:
-    """``num_videos`` 8-frame clips, ``videos_per_shard`` per shard, written into ``out`` by the real fgbg-synth."""
-    return run_synth(out, num_videos, videos_per_shard)
-
-
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory) -> Path:
     """8 clips in 4 shards (2 per shard)."""
-    out = synth(tmp_path_factory.mktemp("synth"), 8, 2)
+    out = run_synth(tmp_path_factory.mktemp("synth"), 8, 2)
     assert len(list(out.glob("train-*.tar"))) == 4
     return out
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from fgbg.datamodules.clips import ClipDataModule
-from tests.test_scale import run_train, synth
+from tests.conftest import run_synth
+from tests.test_scale import run_train
 
 STEPS = 3
 # Accepted differences between the 2-rank and the 1-rank run after STEPS AdamW steps (see the test's docstring).
@@ -58,7 +59,7 @@ class WeightDump(L.Callback):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     """4 shards of one synthetic clip each."""
-    out = synth(tmp_path_factory.mktemp("synth"), 4, 1)
+    out = run_synth(tmp_path_factory.mktemp("synth"), 4, 1)
     assert len(list(out.glob("train-*.tar"))) == 4
     return str(out / "train-{000000..000003}.tar")
 

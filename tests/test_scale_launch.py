@@ -14,7 +14,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from fgbg.train import CONF_DIR
-from tests.test_scale import run_train, synth
+from tests.conftest import run_synth
+from tests.test_scale import run_train
 
 SWEEP_EXTRA = "the `sweep` extra is not installed (make install, or pip install -e .[sweep])"
 
@@ -79,7 +80,7 @@ def test_local_launcher_is_hydras_basic_launcher():
 def test_optuna_search_runs_two_trials_and_reports_the_best_val_loss(tmp_path):
     """hparams_search=optuna, 2 trials of 2 CPU steps each: the sweeper records the best trial's val/loss."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason=SWEEP_EXTRA)
-    shard = sorted(synth(tmp_path / "synth", 4, 128).glob("train-*.tar"))[0]
+    shard = sorted(run_synth(tmp_path / "synth", 4, 128).glob("train-*.tar"))[0]
     run_train(
         ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
          "experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}", f"data.val_shards={shard}",
