@@ -9,11 +9,15 @@ roles on the spatial self-attention (``attn1``) layers:
   ``(B, M, C)`` into a shared ``ReferenceBank`` under the layer's module name;
 - ``read`` (denoising UNet): append the bank tokens stored under the *same* module
   name, repeated over the frames of each sample, to the keys and values. Samples
-  whose reference is dropped (classifier-free guidance) have those keys masked
-  out of the softmax, not zeroed, so they see exactly the unconditional layer.
+  whose reference is dropped (classifier-free guidance) are attended in a separate
+  call over their own tokens only, which is exactly the unconditional layer (what a
+  softmax with the bank keys masked out computes) without ever building a mask.
 
 Layers are paired by name (``down_blocks.0.attentions.0.transformer_blocks.0.attn1``),
 which is identical in ``UNet2DConditionModel`` and ``UNetMotionModel``.
+
+Tensor layout inside this module is xformers' (and diffusers' dispatcher's)
+``(batch, tokens, heads, head_dim)``: the projections reshape to it without a copy.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("sdpa", "xformers")
+# xformers' memory_efficient_attention launches a CUDA grid whose batch dimension may not pass 65,535
+# (open xformers issue); the motion modules' temporal attention has batch B*h*w (4,096 per clip at a
+# 64x64 latent), so larger batches are split into chunks of at most this many.
+XFORMERS_MAX_BATCH = 65_535
+
+
+def _cuda_available() -> bool:
+    """Whether a CUDA GPU is usable (one place, so tests can patch it without patching torch)."""
+    return torch.cuda.is_available()
 
 
 def check_backend(backend: str) -> None:
@@ -32,7 +45,7 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"model.attention_backend={backend!r}: expected one of {BACKENDS}")
     if backend == "xformers":
-        if not torch.cuda.is_available():
+        if not _cuda_available():
             raise RuntimeError(
                 "model.attention_backend='xformers' needs a CUDA GPU (xformers kernels do not run on CPU); "
                 "use model.attention_backend=sdpa here"
@@ -45,30 +58,61 @@ def check_backend(backend: str) -> None:
             ) from e
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor | None, backend: str
-) -> torch.Tensor:
-    """Multi-head attention. q: (B, heads, Nq, d); k, v: (B, heads, Nk, d).
-
-    key_keep: (B, Nk) bool, False for keys a query must not see (or None: all).
-    Returns (B, heads, Nq, d).
-    """
+# Why not diffusers.models.attention_dispatch.dispatch_attention_fn (diffusers 0.42.1, same layout, has an
+# "xformers" backend): it decides at diffusers' import time whether xformers is usable (package metadata,
+# ``_CAN_USE_XFORMERS_ATTN``) and binds ``xformers.ops`` then, so the backend cannot be chosen per model nor
+# tested on CPU with a stand-in; it does not split batches past 65,535; and a key mask becomes a dense
+# (B, heads, Nq, Nk) bias there too. Our needs (two backends, no mask) fit in the few lines below.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """Multi-head attention without a mask. q: (B, Nq, heads, d); k, v: (B, Nk, heads, d). Returns (B, Nq, heads, d)."""
     if backend == "sdpa":
-        mask = None if key_keep is None else key_keep[:, None, None, :]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
     import xformers.ops as xops
 
-    bias = None
-    if key_keep is not None:
-        b, h, nq, _ = q.shape
-        nk = k.shape[2]
-        # xformers wants the bias's last dimension allocated in multiples of 8: pad, then slice.
-        bias = torch.zeros(b, h, nq, (nk + 7) // 8 * 8, dtype=q.dtype, device=q.device)[..., :nk]
-        bias.masked_fill_(~key_keep[:, None, None, :], float("-inf"))
-    out = xops.memory_efficient_attention(
-        q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(), attn_bias=bias
-    )
-    return out.transpose(1, 2)
+    if q.shape[0] <= XFORMERS_MAX_BATCH:
+        return xops.memory_efficient_attention(q, k, v)
+    chunks = zip(*(x.split(XFORMERS_MAX_BATCH) for x in (q, k, v)), strict=True)
+    return torch.cat([xops.memory_efficient_attention(*c) for c in chunks])
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_ref: torch.Tensor,
+    v_ref: torch.Tensor,
+    keep: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """Self-attention whose keys and values also hold each sample's bank tokens, unless its reference is dropped.
+
+    q, k, v: (B*F, N, heads, d), sample-major, frame-minor (the UNet's own tokens);
+    k_ref, v_ref: (B, M, heads, d), projected bank tokens, shared by the F frames of a sample;
+    keep: (B,) bool, False where the reference is dropped (None: kept everywhere).
+    Kept samples attend over ``[own tokens, bank tokens]`` (N + M keys), dropped ones over their own
+    N tokens: one attention call per group, no mask, outputs put back in sample order. Returns (B*F, N, heads, d).
+    """
+    b = k_ref.shape[0]
+    f = q.shape[0] // b
+
+    def rows(x: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:  # the F rows of the samples idx
+        return x.unflatten(0, (b, f))[idx].flatten(0, 1)
+
+    def with_bank(idx: slice | torch.Tensor) -> torch.Tensor:
+        k_all = torch.cat([rows(k, idx), k_ref[idx].repeat_interleave(f, 0)], 1)
+        v_all = torch.cat([rows(v, idx), v_ref[idx].repeat_interleave(f, 0)], 1)
+        return attention(rows(q, idx), k_all, v_all, backend)
+
+    kept = None if keep is None else keep.nonzero()[:, 0]  # one host sync per layer, as any mask test would
+    if kept is None or len(kept) == b:
+        return with_bank(slice(None))
+    if len(kept) == 0:
+        return attention(q, k, v, backend)
+    dropped = (~keep).nonzero()[:, 0]
+    parts = [with_bank(kept), attention(rows(q, dropped), rows(k, dropped), rows(v, dropped), backend)]
+    order = torch.argsort(torch.cat([kept, dropped]))
+    return torch.cat([p.unflatten(0, (-1, f)) for p in parts])[order].flatten(0, 1)
 
 
 class ReferenceBank:
@@ -137,38 +181,34 @@ class FgbgAttnProcessor:
         if attention_mask is not None:
             raise ValueError(f"{self.name}: attention masks from the caller are not supported by FgbgAttnProcessor")
         residual = hidden_states
-        batch = hidden_states.shape[0]
-        key_keep = None
+        ref = None
         if encoder_hidden_states is None:
             context = hidden_states
             if self.role == "write" and self.bank.mode == "write":
                 self.bank.tokens[self.name] = hidden_states
             elif self.role == "read" and self.bank.mode == "read" and self.name in self.bank.tokens:
-                ref = self.bank.tokens[self.name]  # (B_ref, M, C)
-                if batch % ref.shape[0]:
-                    raise ValueError(f"{self.name}: batch {batch} is not a multiple of the bank's {ref.shape[0]}")
-                frames = batch // ref.shape[0]
-                ref = ref.repeat_interleave(frames, dim=0)
-                context = torch.cat([hidden_states, ref.to(hidden_states.dtype)], dim=1)
-                if self.bank.keep is not None and not bool(self.bank.keep.all()):
-                    keep_ref = self.bank.keep.repeat_interleave(frames)[:, None].expand(-1, ref.shape[1])
-                    keep_self = torch.ones(batch, hidden_states.shape[1], dtype=torch.bool, device=ref.device)
-                    key_keep = torch.cat([keep_self, keep_ref], dim=1)
+                ref = self.bank.tokens[self.name].to(hidden_states.dtype)  # (B_ref, M, C)
+                if hidden_states.shape[0] % ref.shape[0]:
+                    raise ValueError(
+                        f"{self.name}: batch {hidden_states.shape[0]} is not a multiple of the bank's {ref.shape[0]}"
+                    )
         else:
             context = (
                 attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
             )
 
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        heads = attn.heads
-        head_dim = k.shape[-1] // heads
-        q, k, v = (x.view(batch, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = attention(q, k, v, key_keep, self.backend)
-        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(q.dtype)
+        def project(linear, x: torch.Tensor, norm=None) -> torch.Tensor:  # (B, N, C) -> (B, N, heads, d)
+            x = linear(x).unflatten(-1, (attn.heads, -1))
+            return x if norm is None else norm(x)
+
+        q = project(attn.to_q, hidden_states, attn.norm_q)
+        k, v = project(attn.to_k, context, attn.norm_k), project(attn.to_v, context)
+        if ref is None:
+            out = attention(q, k, v, self.backend)
+        else:  # bank tokens projected once per sample, not per frame
+            k_ref, v_ref = project(attn.to_k, ref, attn.norm_k), project(attn.to_v, ref)
+            out = reference_attention(q, k, v, k_ref, v_ref, self.bank.keep, self.backend)
+        out = out.flatten(2).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

@@ -200,8 +200,13 @@ class ReferenceNet(nn.Module):
             unet.register_to_config(in_channels=unet.config.in_channels + 1)
         self.unet = unet
         self.bank = bank
-        self.writer_names = set_processors(unet, backend, bank, "write")
+        # The probe below runs on the (CPU) model being built: SDPA processors for it, then the requested
+        # backend's (xformers has no CPU kernels). The processors' backend does not change which parameters
+        # reach the bank, so the result is the same for every backend.
+        self.writer_names = set_processors(unet, "sdpa", bank, "write")
         self.unused_parameter_names = self._find_unused_parameters()
+        if backend != "sdpa":
+            set_processors(unet, backend, bank, "write")
 
     def forward(
         self, latent: torch.Tensor, encoder_hidden_states: torch.Tensor, mask: torch.Tensor | None = None
