@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 
@@ -10,8 +11,11 @@ import numpy as np
 import torch
 
 from fgbg.callbacks.ema import find_ema
+from fgbg.callbacks.steps import OptimizerStepGate
 from fgbg.data.render import contact_sheet, save_png
 from fgbg.models.module import COND_KEYS
+
+log = logging.getLogger(__name__)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -55,7 +59,13 @@ class SampleVideoCallback(L.Callback):
     of the first validation batch with ``num_inference_steps`` steps (EMA weights when an
     EMA callback runs). Writes ``{dirpath}/step{N:06d}.mp4`` (truth over sample, frames
     upscaled by ``scale``) and ``...sheet.png`` (truth and sample rows, pose and tracks drawn),
-    and logs the video and sheet to wandb when a WandbLogger is attached."""
+    and logs the video and sheet to wandb when a WandbLogger is attached.
+
+    Fires once per due optimizer step (not once per micro-batch under ``accumulate_grad_batches``),
+    never at step 0 unless ``at_start``. Every rank samples (under FSDP the forward passes gather
+    parameters collectively, so a rank-0-only forward would hang the others): rank 0 reads the
+    batch and broadcasts it, and only rank 0 writes files and logs.
+    """
 
     def __init__(
         self,
@@ -66,21 +76,32 @@ class SampleVideoCallback(L.Callback):
         scheduler: str = "ddim",
         scale: int = 4,
         seed: int = 0,
+        at_start: bool = False,
     ):
         self.dirpath, self.every_n_steps, self.num_samples = dirpath, every_n_steps, num_samples
+        self.at_start = at_start
+        self.gate = OptimizerStepGate()
+        self.sampled_steps: list[int] = []
         self.num_inference_steps, self.scheduler, self.scale, self.seed = num_inference_steps, scheduler, scale, seed
         self._batch = None
         self.written: list[str] = []
 
     def _get_batch(self, trainer):
+        """The first ``num_samples`` clips of rank 0's first validation batch, on every rank (None: no val data)."""
         if self._batch is None:
-            loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-            if loaders is None:
-                return None
-            batch = next(iter(loaders))
-            n = self.num_samples
-            self._batch = {k: (v[:n] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
-        return self._batch
+            batch = None
+            if trainer.is_global_zero and trainer.datamodule is not None:
+                loader = trainer.datamodule.val_dataloader()  # [] without data.val_shards
+                batch = next(iter(loader), None) if loader is not None else None
+                if batch is None:
+                    log.warning("sample_video: no validation batch (data.val_shards), no samples are written")
+                else:
+                    n = self.num_samples
+                    batch = {k: (v[:n] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
+            if trainer.world_size > 1:
+                batch = trainer.strategy.broadcast(batch, src=0)
+            self._batch = batch if batch is not None else {}
+        return self._batch or None
 
     @torch.no_grad()
     def sample(self, trainer, pl_module) -> dict[str, str]:
@@ -101,7 +122,8 @@ class SampleVideoCallback(L.Callback):
                 )
         finally:
             pl_module.train(was_training)
-        return self.write(trainer, b, frames)
+        self.sampled_steps.append(trainer.global_step)
+        return self.write(trainer, b, frames) if trainer.is_global_zero else {}
 
     def write(self, trainer, batch, frames: torch.Tensor) -> dict[str, str]:
         os.makedirs(self.dirpath, exist_ok=True)
@@ -132,10 +154,15 @@ class SampleVideoCallback(L.Callback):
                 )
         return {"sheet": sheet_path, "video": video_path}
 
+    def on_train_start(self, trainer, pl_module):
+        self.gate.start(trainer)
+        if self.at_start:
+            self.sample(trainer, pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:
+        if self.gate.due(trainer, self.every_n_steps):
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
+        if not self.sampled_steps or self.sampled_steps[-1] != trainer.global_step:
             self.sample(trainer, pl_module)

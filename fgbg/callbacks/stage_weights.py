@@ -7,17 +7,24 @@ import os
 import lightning as L
 
 from fgbg.callbacks.ema import find_ema
+from fgbg.callbacks.steps import OptimizerStepGate
 from fgbg.models.checkpoint import save_stage_weights, stage_state
+from fgbg.models.sharding import full_state
 
 
 class StageWeightsCheckpoint(L.Callback):
-    """Every ``every_n_train_steps`` and at the end of fit, write into ``dirpath``:
-    ``{stage}.safetensors`` (raw weights) and ``{stage}_ema.safetensors`` (when an EMA
-    callback runs). Only global rank 0 writes; each write is atomic."""
+    """Every ``every_n_train_steps`` optimizer steps (once per step whatever ``accumulate_grad_batches``,
+    never at step 0) and at the end of fit, write into ``dirpath``: ``{stage}.safetensors`` (raw
+    weights) and ``{stage}_ema.safetensors`` (when an EMA callback runs).
+
+    Every rank takes part (under FSDP the full tensors are all-gathered from the shards, so the files
+    load strictly into a single-process model); only global rank 0 writes, atomically."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
         self.dirpath = dirpath
         self.every_n_train_steps = every_n_train_steps
+        self.gate = OptimizerStepGate()
+        self.written_steps: list[int] = []
 
     def paths(self, stage: str) -> dict[str, str]:
         return {
@@ -26,18 +33,25 @@ class StageWeightsCheckpoint(L.Callback):
         }
 
     def write(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
+        """Gather (every rank) and save (rank 0) the stage weights and their EMA."""
         stage, step = pl_module.stage, trainer.global_step
         paths = self.paths(stage)
-        save_stage_weights(stage_state(pl_module), paths["weights"], stage, step)
+        weights = full_state(stage_state(pl_module))
         ema = find_ema(trainer)
-        if ema is not None and ema.ema is not None:
-            save_stage_weights(ema.ema_state_dict(), paths["ema"], stage, step)
+        ema_weights = ema.ema_state_dict() if ema is not None and ema.ema is not None else None
+        if trainer.is_global_zero:
+            save_stage_weights(weights, paths["weights"], stage, step)
+            if ema_weights is not None:
+                save_stage_weights(ema_weights, paths["ema"], stage, step)
+        self.written_steps.append(step)
+
+    def on_fit_start(self, trainer, pl_module):
+        self.gate.start(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+        if self.gate.due(trainer, self.every_n_train_steps):
             self.write(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self.write(trainer, pl_module)
+        if not self.written_steps or self.written_steps[-1] != trainer.global_step:
+            self.write(trainer, pl_module)

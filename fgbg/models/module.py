@@ -122,6 +122,7 @@ class FgbgModule(L.LightningModule):
         use_tracks: bool = True,
         init_from: str | None = None,
         per_sample_seed: int | None = None,
+        fsdp: Mapping | None = None,
     ):
         super().__init__()
         if stage not in STAGES:
@@ -157,6 +158,8 @@ class FgbgModule(L.LightningModule):
         # (per_sample_seed, step, sample key), so a global batch's gradient does not depend on its split over
         # ranks (tests/test_scale_ddp_equivalence.py). One forward pass per sample: slower, for checks.
         self.per_sample_seed = per_sample_seed
+        self.fsdp = _plain(fsdp)  # fgbg.models.sharding.shard_model kwargs, used under ModelParallelStrategy
+        self.fsdp_units: list[str] = []
 
         c = latent.channels
         self.latent = latent
@@ -228,6 +231,18 @@ class FgbgModule(L.LightningModule):
                 if name.endswith("motion_modules"):
                     m.eval()
         return self
+
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``trainer=fsdp``/``fsdp_sim``): shard with FSDP2 over all
+        ranks (``fgbg.models.sharding.shard_model``, options from ``model.fsdp``). A no-op under other strategies
+        and when already sharded (Lightning calls this hook again for each ``fit``/``validate``)."""
+        if self.device_mesh is None or self.fsdp_units:
+            return
+        from fgbg.models.sharding import data_parallel_mesh, shard_model
+
+        self.fsdp_units = shard_model(self, data_parallel_mesh(self.trainer.strategy.root_device), **self.fsdp)
+        log.info("FSDP2: %d sharded units", len(self.fsdp_units))
 
     # ------------------------------------------------------------------ reference
     def encode_reference(self, reference: torch.Tensor, reference_mask: torch.Tensor | None = None) -> ReferenceContext:
