@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fgbg.callbacks.resume_state import checkpoint_safe_globals, read_resume_record
+from fgbg.callbacks.resume_state import checkpoint_safe_globals, load_checkpoint_meta, read_resume_record
 from fgbg.config_checks import check_train_config
 
 log = logging.getLogger(__name__)
@@ -58,21 +58,49 @@ def _instantiate_group(cfg: DictConfig | None, extra: dict[str, dict] | None = N
     return out
 
 
-def find_resume_checkpoint(ckpt_dir: str) -> str | None:
-    """``ckpt_dir/last.ckpt`` if present, else the ``step*.ckpt`` with the highest step, else ``None``."""
-    last = os.path.join(ckpt_dir, "last.ckpt")
-    if os.path.isfile(last):
-        return last
-    steps = []
-    for name in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []:
-        match = re.fullmatch(r"step(\d+)\.ckpt", name)
-        if match:
-            steps.append((int(match.group(1)), name))
-    return os.path.join(ckpt_dir, max(steps)[1]) if steps else None
+def resume_candidates(ckpt_dir: str, hpc_dir: str | None = None) -> list[str]:
+    """``last.ckpt`` and ``step*.ckpt`` in ``ckpt_dir`` and Lightning's SLURM ``hpc_ckpt_<n>.ckpt`` in ``hpc_dir``.
+
+    Files or sharded checkpoint folders (FSDP ``state_dict_type: sharded``, ``ModelParallelStrategy``).
+    """
+    found = []
+    for folder, pattern in ((ckpt_dir, r"last\.ckpt|step\d+\.ckpt"), (hpc_dir, r"hpc_ckpt_\d+\.ckpt")):
+        if folder and os.path.isdir(folder):
+            found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if re.fullmatch(pattern, n)]
+    return found
+
+
+def _mtime(path: str) -> float:
+    meta = os.path.join(path, "meta.pt")  # a sharded folder's meta.pt is written last
+    return os.path.getmtime(meta if os.path.isdir(path) and os.path.isfile(meta) else path)
+
+
+def find_resume_checkpoint(ckpt_dir: str, hpc_dir: str | None = None) -> str | None:
+    """The newest of ``resume_candidates``: highest ``global_step``, ties broken by modification time; ``None`` if none.
+
+    The step is read cheaply (``load_checkpoint_meta``: a memory-mapped file, or a folder's ``meta.pt``).
+    A candidate that cannot be read (a sharded folder without ``meta.pt``, i.e. a save cut short, or a
+    file that is not a checkpoint) is skipped with a warning naming it; when no candidate can be read,
+    ``ValueError`` names them all (rather than silently starting the run afresh over them).
+    """
+    ranked, bad = [], []
+    for path in resume_candidates(ckpt_dir, hpc_dir):
+        try:
+            step = int(load_checkpoint_meta(path)["global_step"])
+        except (ValueError, OSError) as err:
+            bad.append(f"{path}: {err}")
+            continue
+        ranked.append((step, _mtime(path), path))
+    if bad and not ranked:
+        raise ValueError("resume=auto: no readable checkpoint among\n  " + "\n  ".join(bad))
+    for problem in bad:
+        log.warning("resume=auto: skipping %s", problem)
+    return max(ranked)[2] if ranked else None
 
 
 def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """The ``.ckpt`` to resume from: ``ckpt_path`` (a file or ``last``), or ``resume=auto``'s pick (or None)."""
+    """The checkpoint to resume from: ``ckpt_path`` (a file, a sharded folder or ``last``), or ``resume=auto``'s
+    pick among the run's ``checkpoints/{last,step*}.ckpt`` and Lightning's ``hpc_ckpt_*.ckpt`` (or None)."""
     path, resume = cfg.get("ckpt_path"), cfg.get("resume")
     if resume not in (None, "auto"):
         raise ValueError(f"resume={resume!r}: expected auto or null")
@@ -80,13 +108,17 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if resume == "auto":
         if path:
             raise ValueError(f"give resume=auto or ckpt_path={path!r}, not both")
-        path = find_resume_checkpoint(ckpt_dir)
-        log.info("resume=auto: %s", f"resuming from {path}" if path else f"no checkpoint in {ckpt_dir}, starting fresh")
+        hpc_dir = cfg.get("trainer", {}).get("default_root_dir") or cfg.paths.output_dir  # where SLURM saves go
+        path = find_resume_checkpoint(ckpt_dir, hpc_dir)
+        if path:
+            log.info("resume=auto: resuming from %s (step %d)", path, load_checkpoint_meta(path)["global_step"])
+        else:
+            log.info("resume=auto: no checkpoint in %s or %s, starting fresh", ckpt_dir, hpc_dir)
         return path
     if path == "last":
         path = os.path.join(ckpt_dir, "last.ckpt")
-    if path and not os.path.isfile(path):
-        raise FileNotFoundError(f"ckpt_path={path!r}: no such Lightning checkpoint")
+    if path:
+        load_checkpoint_meta(path)  # FileNotFoundError / ValueError naming the path
     return path
 
 

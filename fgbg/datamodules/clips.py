@@ -10,6 +10,14 @@ through a shuffle buffer, get a random temporal window, reference frame, crop,
 flip and track subset, and are batched inside the worker. An epoch is a fixed
 ``epoch_len`` samples across all ranks.
 
+Resume at any step: the stream of (rank, worker, epoch) is deterministic, so the position in the
+training data is just (epoch, batches of it already trained on), which ``ClipDataModule`` reads
+from Lightning's restored loop progress when it builds the training loader. The resumed epoch's
+workers regenerate and drop the batches already trained on (exact, at most one epoch of data work)
+and yield the rest, in the order of the uninterrupted run. The data layout (world size, workers,
+batch size, seed, epoch length) is saved in every checkpoint; resuming with another layout warns
+that the data stream no longer matches the interrupted run's.
+
 Validation: the shard list is read once, without augmentation; every sample is
 delivered exactly once across ranks and workers (shards split over the
 ``world_size * num_workers`` slots when there are enough of them, else samples
@@ -165,6 +173,14 @@ class ClipStream(IterableDataset):
     train=True: endless resampled shards, ``num_batches`` batches per epoch for
     this rank (shared out over the workers), full batches only.
     train=False: one deterministic pass, the last batch may be short.
+
+    ``first_epoch``: the epoch the first iteration draws (each further iteration, in the main
+    process or in a persistent worker, draws the next one). ``skip_batches``: batches of
+    ``first_epoch`` already trained on (a resume mid-epoch); that iteration yields only batches
+    ``skip_batches..num_batches-1`` of the epoch, exactly those of an uninterrupted run, while
+    ``len()`` stays ``num_batches`` (Lightning counts the skipped ones as done). The skipped
+    batches are regenerated and dropped, as the streams cannot seek: at most one epoch of data
+    work, once per resume.
     """
 
     def __init__(
@@ -180,12 +196,15 @@ class ClipStream(IterableDataset):
         shuffle_buffer: int = 256,
         counter: SkipCounter | None = None,
         first_epoch: int = 0,
+        skip_batches: int = 0,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if train and (num_batches is None or num_batches < 1):
             raise ValueError(f"a training stream needs num_batches >= 1, got {num_batches}")
+        if skip_batches and not (train and 0 <= skip_batches < num_batches):
+            raise ValueError(f"skip_batches={skip_batches}: need a training stream and 0 <= it < {num_batches}")
         self.urls = list(urls)
         self.builder = builder
         self.batch_size = batch_size
@@ -197,7 +216,9 @@ class ClipStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter
         # Counted per process (persistent workers keep counting) from the trainer's epoch at loader
-        # creation, so a run resumed at an epoch boundary draws the streams the uninterrupted run drew.
+        # creation, so a resumed run draws the streams the uninterrupted run drew.
+        self.first_epoch = first_epoch
+        self.skip_batches = skip_batches
         self.epoch = first_epoch - 1
 
     def __len__(self) -> int:
@@ -249,19 +270,29 @@ class ClipStream(IterableDataset):
         return self.urls
 
     def _train_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        quota = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
-        stream_seed = _seed_int(self.seed, self.rank, worker, self.epoch)
+        """This worker's share of the epoch: batches ``worker, worker + n, ...`` of it (n workers).
+
+        The DataLoader asks its workers round-robin, so batch ``i`` of an epoch comes from worker
+        ``i % n``, drawn from the stream of (seed, rank, ``i % n``, epoch). Resumed after ``done``
+        batches, the new iterator starts again at worker 0, so worker ``w`` stands in for the
+        uninterrupted run's worker ``(done + w) % n``: same stream, minus what it had produced.
+        """
+        done = self.skip_batches if self.epoch == self.first_epoch else 0
+        source = (worker + done) % num_workers
+        produced = len(range(source, done, num_workers))
+        quota = len(range(source, self.num_batches, num_workers))
+        stream_seed = _seed_int(self.seed, self.rank, source, self.epoch)
         rng = np.random.default_rng(stream_seed)
         pipeline = wds.DataPipeline(
             wds.ResampledShards(
-                self._own_train_shards(worker, num_workers), seed=stream_seed, worker_seed=lambda: 0, deterministic=True
+                self._own_train_shards(source, num_workers), seed=stream_seed, worker_seed=lambda: 0, deterministic=True
             ),
             self._clips_until_dry,
             wds.shuffle(self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 2), rng=random.Random(stream_seed)),
             wds.map(lambda clip: self.builder(clip, rng, augment=True)),
             wds.batched(self.batch_size, collation_fn=collate_conditions, partial=False),
         )
-        return islice(iter(pipeline), quota)
+        return islice(iter(pipeline), produced, quota)
 
     # -- validation ---------------------------------------------------------------------
     def _val_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
@@ -362,6 +393,7 @@ class ClipDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.pin_memory = pin_memory
+        self._restored: dict[str, Any] | None = None  # load_state_dict's record, checked by train_dataloader
         self._rank_override = rank
         self._world_override = world_size
         self.skip_counter = SkipCounter()
@@ -396,16 +428,61 @@ class ClipDataModule(pl.LightningDataModule):
         """Training batches per epoch on each rank: ``ceil(epoch_len / (batch_size * world))``."""
         return max(1, math.ceil(self.epoch_len / (self.batch_size * self.rank_and_world()[1])))
 
-    def _first_train_epoch(self) -> int:
-        """Index of the epoch the training loader is first iterated in.
+    def train_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) as the trainer's loop progress says; (0, 0) without a trainer.
 
-        The trainer's ``current_epoch``, plus one when it was restored from a checkpoint taken on
-        an epoch's last batch (Lightning then starts the next epoch without iterating this one).
+        Called when the training loader is built, after Lightning restored the loops from the
+        checkpoint (``Trainer.fit(ckpt_path=...)``), and at every checkpoint save. A checkpoint taken
+        on an epoch's last batch (``is_last_batch``) resumes at the start of the next epoch, which is
+        what Lightning then runs. ``current.processed`` counts the epoch's batches whose
+        ``training_step`` ran, what Lightning treats as done on a restart (saved in
+        ``on_train_batch_end`` or after a validation).
         """
         if self.trainer is None:
-            return 0
-        restored_on_last_batch = bool(self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        return int(self.trainer.current_epoch) + restored_on_last_batch
+            return 0, 0
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        epoch, done = int(self.trainer.current_epoch), int(progress.current.processed)
+        if progress.is_last_batch or done >= self.batches_per_rank:
+            return epoch + 1, 0
+        return epoch, done
+
+    def train_layout(self) -> dict[str, int]:
+        """What decides the training batches besides the position: a resume with another layout is not exact."""
+        world = self.rank_and_world()[1]
+        return {"world_size": world, "num_workers": int(self.num_workers), "batch_size": self.batch_size,
+                "seed": int(self.seed), "batches_per_rank": self.batches_per_rank}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning in every checkpoint: the training data position and layout (for ``load_state_dict``)."""
+        if self.trainer is None or self.train_shards is None:
+            return {}
+        epoch, done = self.train_position()
+        return {"epoch": epoch, "batches_done": done, **self.train_layout()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved record; the next ``train_dataloader()`` checks it against the current layout."""
+        self._restored = dict(state_dict)
+
+    def _check_restored(self, epoch: int, done: int) -> None:
+        """Warn once when the checkpoint's data layout or position differs from this run's (the resume is not exact)."""
+        saved, self._restored = self._restored, None
+        if not saved:
+            return
+        now = self.train_layout()
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+        if changed:
+            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            log.warning(
+                "resuming with another training data layout than the checkpoint's (%s): the data stream from "
+                "epoch %d batch %d on differs from the interrupted run's (the resume is not exact)",
+                what, epoch, done,
+            )  # fmt: skip
+        elif (saved.get("epoch"), saved.get("batches_done")) != (epoch, done):
+            log.warning(
+                "the checkpoint's data position (epoch %s batch %s) differs from the trainer's restored progress "
+                "(epoch %d batch %d); following the trainer",
+                saved.get("epoch"), saved.get("batches_done"), epoch, done,
+            )  # fmt: skip
 
     # -- loaders --------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -430,6 +507,10 @@ class ClipDataModule(pl.LightningDataModule):
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set: give a brace pattern like data/train-{000000..000009}.tar")
         rank, world = self.rank_and_world()
+        epoch, done = self.train_position()
+        self._check_restored(epoch, done)
+        if done:
+            log.info("training data resumes at epoch %d, batch %d of %d", epoch, done, self.batches_per_rank)
         stream = ClipStream(
             expand_shards(self.train_shards),
             self.builder,
@@ -441,7 +522,8 @@ class ClipDataModule(pl.LightningDataModule):
             num_batches=self.batches_per_rank,
             shuffle_buffer=self.shuffle_buffer,
             counter=self.skip_counter,
-            first_epoch=self._first_train_epoch(),
+            first_epoch=epoch,
+            skip_batches=done,
         )
         return self._loader(stream)
 

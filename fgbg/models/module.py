@@ -116,6 +116,7 @@ class FgbgModule(L.LightningModule):
         conditioning_scale: float = 1.0,
         min_snr_gamma: float | None = 5.0,
         offset_noise: float = 0.0,
+        noise_seed: int | None = None,
         person_loss_weight: float = 1.0,
         person_hint: bool = False,
         person_hint_radius: float = 0.6,
@@ -154,6 +155,10 @@ class FgbgModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.referencenet_calls = 0
+        # Set: training draws (noise, timesteps, dropouts, frames) come from a generator seeded by (noise_seed,
+        # rank, micro-batch index), not from the global RNG, so a run resumed at any step draws what the
+        # uninterrupted run drew (tests/test_scale_resume.py). None: the global RNG.
+        self.noise_seed = noise_seed
         # Set: each training sample draws its frame, noise, timestep and dropouts from a generator seeded by
         # (per_sample_seed, step, sample key), so a global batch's gradient does not depend on its split over
         # ranks (tests/test_scale_ddp_equivalence.py). One forward pass per sample: slower, for checks.
@@ -452,7 +457,10 @@ class FgbgModule(L.LightningModule):
         ``fgbg.callbacks.NumericalGuard`` counts such skips and stops a run that keeps producing them.
         (Under DDP every rank must agree; a rank-local skip would desynchronise the all-reduce.)
         """
-        out = self.compute_loss(batch) if self.per_sample_seed is None else self._per_sample_loss(batch)
+        if self.per_sample_seed is None:
+            out = self.compute_loss(batch, generator=self._noise_generator())
+        else:
+            out = self._per_sample_loss(batch)
         if not torch.isfinite(out["loss"]):
             log.warning(
                 "step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item()
@@ -471,6 +479,18 @@ class FgbgModule(L.LightningModule):
             gen = torch.Generator(device=self.device).manual_seed(seed)
             outs.append(self.compute_loss({k: v[i : i + 1] for k, v in batch.items()}, generator=gen))
         return {k: torch.stack([o[k] for o in outs]).mean() for k in outs[0]}
+
+    def _noise_generator(self) -> torch.Generator | None:
+        """Generator of this training micro-batch's draws, seeded by (noise_seed, global rank, micro-batch index).
+
+        ``fit_loop.epoch_loop.total_batch_idx`` counts micro-batches over the whole run and is restored on
+        resume, unlike the global RNG (which DataLoader iterators and other code also draw from).
+        """
+        if self.noise_seed is None or self._trainer is None:
+            return None
+        idx = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        seed = zlib.crc32(f"{self.noise_seed}/{self.global_rank}/{idx}".encode())
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def validation_step(self, batch, batch_idx):
         gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
