@@ -50,7 +50,8 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
 
     Checks: ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
-    data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; with ``check_paths``,
+    data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; no epsilon prediction with
+    ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files.
     """
     problems: list[str] = []
@@ -84,6 +85,15 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
         for name, rate in dropout.items():
             if not (_number(rate) and 0 <= rate <= 1):
                 problems.append(f"model.cfg_dropout.{name}={rate!r}: expected a rate in [0, 1]")
+
+    kind = _get(model, "noise_scheduler.prediction_type")
+    if kind == "epsilon" and _get(model, "noise_scheduler.rescale_betas_zero_snr", False):
+        problems.append(
+            "model.noise_scheduler.prediction_type='epsilon' with model.noise_scheduler.rescale_betas_zero_snr=true: "
+            "expected v_prediction or sample (at zero terminal SNR the last timestep's input is pure noise, so an "
+            "epsilon model only learns to copy it, and the sampler's first step x0 = (x_t - sigma * eps) / alpha "
+            "divides by alpha = 0: DDIM returns NaN)"
+        )
 
     link_prob = _get(model, "link_prob", 0.0)
     if not (_number(link_prob) and 0 <= link_prob <= 1):

@@ -1,9 +1,12 @@
 """Skip, count and bound non-finite training steps.
 
-A step is skipped when its loss is not finite (``FgbgModule.training_step`` returns ``None``, so
-Lightning runs neither backward nor the optimizer step) or when any gradient is not finite (this
+A step is skipped when its loss is not finite on any rank (``FgbgModule.training_step`` all-reduces
+the flag, returns ``{"loss": loss * 0, "skipped": True}`` on every rank and drops every gradient before
+the optimizer step; a ``None`` output also counts as skipped) or when any gradient is not finite (this
 callback drops every gradient in ``on_before_optimizer_step``, before clipping; AdamW and SGD leave
-parameters without a gradient untouched). The weights therefore stay at the last good state.
+parameters without a gradient untouched). The weights therefore stay at the last good state. Both
+decisions agree across DDP ranks: the loss flag is all-reduced, and gradients are compared after DDP's
+all-reduce (a NaN on one rank is NaN in the average on all), so the counters stay equal on every rank.
 Skips are logged as ``train/skipped_steps``; ``max_consecutive_nonfinite`` skips in a row stop the
 run with :class:`NonFiniteTrainingError`, after saving ``last_finite.ckpt`` (the unchanged last good
 state) next to the other checkpoints.
@@ -52,8 +55,9 @@ class NumericalGuard(L.Callback):
             optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        skipped = isinstance(outputs, dict) and bool(outputs.get("skipped", False))
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        bad_loss = loss is None or (isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all())
+        bad_loss = skipped or loss is None or (isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all())
         if bad_loss or self._bad_grad:
             self.skipped_steps += 1
             self.consecutive += 1

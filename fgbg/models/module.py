@@ -90,6 +90,36 @@ def make_sampler(name: str, train_scheduler_config) -> object:
     return SAMPLERS[name].from_config(train_scheduler_config)
 
 
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) per sample, finite and > 0 at every SNR.
+
+    The rule weighs the x0-space error by ``min(SNR, gamma)``; in the model's own output space that is
+    ``min(SNR, gamma) / SNR`` (epsilon), ``min(SNR, gamma) / (SNR + 1)`` (v_prediction) and
+    ``min(SNR, gamma)`` (sample). Used as published wherever SNR > 0 (epsilon written as
+    ``gamma / max(SNR, gamma)``, the same numbers). SNR = 0 happens only at the last timestep with
+    ``rescale_betas_zero_snr``, where the rule has no value (epsilon: 0/0 = NaN; v and sample: 0, so the
+    step that zero terminal SNR exists to train would never be trained). There the weight is 1 for every
+    parameterisation: it is epsilon's limit (its weight is exactly 1 for all SNR <= gamma), and for v and
+    sample it is the plain MSE with which zero terminal SNR (Lin et al. 2024) trains that step, the
+    conditional mean from which every sampler's first step (trailing spacing: t = T - 1) starts. A floor
+    on the SNR instead (e.g. the smallest non-zero SNR: 1e-6 to 1e-9 for the shipped schedules) would
+    keep that weight practically 0 and only hide the NaN. (epsilon with zero terminal SNR is refused by
+    ``fgbg.config_checks``: the sampler cannot turn an epsilon prediction into x0 at SNR 0.)
+
+    snr: (B,) float; prediction_type: ``epsilon`` | ``v_prediction`` | ``sample``. Returns (B,).
+    """
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        weight = gamma / snr.clamp(min=gamma)
+    elif prediction_type == "v_prediction":
+        weight = clipped / (snr + 1)
+    elif prediction_type == "sample":
+        weight = clipped
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return torch.where(snr > 0, weight, torch.ones_like(weight))
+
+
 class FgbgModule(L.LightningModule):
     """See the module docstring. Arguments mirror ``conf/model/fgbg_tiny.yaml``."""
 
@@ -155,6 +185,7 @@ class FgbgModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.referencenet_calls = 0
+        self.skip_optimizer_step = False  # set by training_step on a non-finite loss (any rank), see there
         # Set: training draws (noise, timesteps, dropouts, frames) come from a generator seeded by (noise_seed,
         # rank, micro-batch index), not from the global RNG, so a run resumed at any step draws what the
         # uninterrupted run drew (tests/test_scale_resume.py). None: the global RNG.
@@ -324,6 +355,13 @@ class FgbgModule(L.LightningModule):
         noisy: (B, F, c, h, w); timestep: (B,); keep: condition -> (B,) bool (False = dropped
         for classifier-free guidance); link_latent: (B, c, h, w) or None; link_on: (B,) bool.
         Returns the model output (epsilon, v or x0 by ``prediction_type``), (B, F, c, h, w).
+
+        Training (a graph, stage image): the ControlNet and the track residuals always run and are multiplied
+        by their per-sample keep, as are the global tokens and the hints, and the bank is tied in with weight 0
+        when no sample reads it, so every trainable parameter gets a gradient (zero where dropped) whatever the
+        dropout draw: DDP ranks (find_unused_parameters=False) agree on the set.
+        No graph (``sample_clip``, validation, stage video's frozen branches): a branch whose keep is False
+        for every sample is skipped, a pure speed-up (it would add exact zeros).
         """
         b, f, c, h, w = noisy.shape
         if not self.use_tracks:
@@ -334,10 +372,17 @@ class FgbgModule(L.LightningModule):
         folded = noisy.flatten(0, 1)
         t_frames = timestep.repeat_interleave(f)
 
+        # With a graph in stage image every branch runs, gated to zero where dropped, so the set of parameters that
+        # get a gradient never depends on the dropout draw (DDP with find_unused_parameters=False needs the same set
+        # on every rank). Without one (generation, validation, stage video's frozen branches) a branch whose keep is
+        # False for the whole batch is skipped: it would add exact zeros.
+        grads = torch.is_grad_enabled() and self.stage == "image"
+        run_pose = grads or bool(keep["pose"].any())
+        run_tracks = (grads and self.use_tracks) or bool(keep["tracks"].any())
         down = [torch.zeros(()) for _ in static["track_down"]]
         mid = torch.zeros(())
-        if bool(keep["pose"].any()):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "image"):
+        if run_pose:
+            with torch.set_grad_enabled(grads):
                 cn_down, cn_mid = self.controlnet(
                     folded,
                     t_frames,
@@ -349,11 +394,11 @@ class FgbgModule(L.LightningModule):
             gate = static["pose_gate"] * per_frame["pose"]
             down = [d + r for d, r in zip(down, gate_residuals(cn_down, gate), strict=True)]
             mid = mid + gate_residuals([cn_mid], gate)[0]
-        if bool(keep["tracks"].any()):
+        if run_tracks:
             gate = static["track_gate"] * per_frame["tracks"]
             down = [d + r for d, r in zip(down, gate_residuals(static["track_down"], gate), strict=True)]
             mid = mid + gate_residuals([static["track_mid"]], gate)[0]
-        if not bool(keep["pose"].any() or keep["tracks"].any()):
+        if not (run_pose or run_tracks):
             down, mid = None, None
 
         if link_latent is None or link_on is None:
@@ -370,6 +415,10 @@ class FgbgModule(L.LightningModule):
         sample = torch.cat(parts, 2).transpose(1, 2)  # (B, C_in, F, h, w)
         with self.bank.reading(ctx.bank, keep_ref):
             out = self.denoiser(sample, timestep, tokens, down, mid)
+        if grads and ctx.bank and not bool(keep_ref.any()):
+            # No sample reads the bank (reference_attention then leaves it out): tie it in with weight 0 so the
+            # ReferenceNet still gets its (zero) gradient, as on a rank whose micro-batch keeps a reference.
+            out = out + 0.0 * sum(t.sum() for t in ctx.bank.values())
         return out.transpose(1, 2)
 
     # ------------------------------------------------------------------ training
@@ -447,29 +496,50 @@ class FgbgModule(L.LightningModule):
         weight = torch.ones_like(per_sample)
         if self.min_snr_gamma:
             snr = compute_snr(self.noise_scheduler, timesteps).to(per_sample)
-            clipped = snr.clamp(max=self.min_snr_gamma)
-            weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
+            weight = min_snr_weights(snr, self.min_snr_gamma, kind)
         return {"loss": (per_sample * weight).mean(), "loss_unweighted": per_sample.mean()}
 
     def training_step(self, batch, batch_idx):
-        """Loss of one batch; ``None`` (Lightning skips backward and the optimizer step) when it is not finite.
+        """Loss of one batch; the optimizer step is skipped on every rank when it is not finite on any rank.
 
+        The non-finite flag is all-reduced (max) over the ranks (a no-op in one process), so all ranks decide
+        alike. A skipped step returns ``{"loss": loss * 0, "skipped": True}``: Lightning refuses ``None`` under
+        DDP, and a backward on every rank keeps DDP's gradient all-reduce (find_unused_parameters=False) in
+        step; ``on_before_optimizer_step`` then drops every gradient (zero or NaN), so AdamW leaves the weights
+        and its moments untouched (with gradient accumulation: the whole accumulated step).
         ``fgbg.callbacks.NumericalGuard`` counts such skips and stops a run that keeps producing them.
-        (Under DDP every rank must agree; a rank-local skip would desynchronise the all-reduce.)
         """
         if self.per_sample_seed is None:
             out = self.compute_loss(batch, generator=self._noise_generator())
         else:
             out = self._per_sample_loss(batch)
-        if not torch.isfinite(out["loss"]):
+        if self._nonfinite_on_any_rank(out["loss"]):
             log.warning(
-                "step %d: non-finite loss %s, skipping the optimizer step", self.global_step, out["loss"].item()
+                "step %d: non-finite loss on some rank (here %s), skipping the optimizer step on every rank",
+                self.global_step,
+                out["loss"].item(),
             )
-            return None
+            self.skip_optimizer_step = True
+            return {"loss": out["loss"] * 0.0, "skipped": True}
         bs = batch["frames"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/loss_unweighted", out["loss_unweighted"], batch_size=bs)
         return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Drop every gradient of a step that ``training_step`` skipped (after the callbacks, before clipping)."""
+        if self.skip_optimizer_step:
+            optimizer.zero_grad(set_to_none=True)
+            self.skip_optimizer_step = False
+
+    def _nonfinite_on_any_rank(self, loss: torch.Tensor) -> bool:
+        """True on every rank when ``loss`` is not finite on at least one (one all-reduce; single process: local)."""
+        flag = (~torch.isfinite(loss.detach())).any().float()
+        if self._trainer is not None:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="max")
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag > 0)
 
     def _per_sample_loss(self, batch: Mapping) -> dict:
         """Mean of ``compute_loss`` over the samples one by one, each with its own seeded generator."""
