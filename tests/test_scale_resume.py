@@ -104,6 +104,29 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
     assert all(v == 0 for v in worst.values()), f"{layout}: resumed from step {step}, max |diff| = {worst}"
 
 
+@pytest.mark.slow
+def test_resume_auto_from_sharded_checkpoint_folders_matches_uninterrupted_run(tmp_path, synth_shard):
+    """trainer=fsdp_sim (FSDP2, 2 gloo ranks): checkpoints are folders (meta.pt + distributed-checkpoint files);
+    a run stopped after its step-3 checkpoint (3 batches into an 8-batch epoch) and rerun with resume=auto to
+    step 6 ends with the weights of a 6-step run."""
+    extra = ["trainer=fsdp_sim", "data.num_workers=0", "data.batch_size=1", "data.epoch_len=16"]
+    _run(_cmd(tmp_path / "straight", synth_shard, "run_name=straight", "trainer.max_steps=6", *extra))
+    _run(_cmd(tmp_path / "two", synth_shard, "run_name=r1", "trainer.max_steps=3", *extra))
+    run_dir = _run_dir(tmp_path / "two", "r1")
+    assert (run_dir / "checkpoints" / "step000003.ckpt" / "meta.pt").is_file()
+    _run(_cmd(tmp_path / "two", synth_shard, "run_name=r1", "resume=auto", "trainer.max_steps=6", *extra))
+    log_text = (run_dir / "synthetic_tiny_image.log").read_text()
+    assert "checkpoints/last.ckpt (step 3)" in log_text or "checkpoints/step000003.ckpt (step 3)" in log_text
+    assert "training data resumes at epoch 0, batch 3 of 8" in log_text
+    worst = _max_weight_diff(_run_dir(tmp_path / "straight", "straight") / "checkpoints", run_dir / "checkpoints")
+    print(f"fsdp_sim: resumed from a folder at step 3, max |diff| {worst}")
+    assert worst["image.safetensors"] == 0, f"fsdp_sim: max |diff| = {worst}"
+    if worst["image_ema.safetensors"] != 0:
+        # ModelParallelStrategy restores callback states after on_fit_start (restore_checkpoint_after_setup), so
+        # EMACallback's pending state is never applied and the EMA restarts from the resumed weights.
+        pytest.xfail(f"EMA not restored under trainer=fsdp_sim (EMACallback): max |diff| {worst}")
+
+
 def _fake_ckpt(path: Path, step: int, mtime: float, folder: bool = False, **extra) -> Path:
     """A minimal Lightning-shaped checkpoint (``global_step`` + resume record): a file, or a folder with meta.pt."""
     target = path / "meta.pt" if folder else path
