@@ -20,7 +20,7 @@ from fgbg.models.module import CONDITIONS, FgbgModule
 from tests.conftest import run_synth
 from tests.test_scale import run_train
 
-STEPS = 6
+STEPS = 7
 # (rank, step) -> conditions dropped for the whole micro-batch; every other draw keeps everything.
 # Step 0: rank 0 drops pose and tracks (its ControlNet and track encoder would get no gradient), rank 1 none.
 # Step 1: both ranks drop pose and tracks (the old code passed down=None on both).
@@ -30,6 +30,7 @@ DROPS = {(0, 0): ("pose", "tracks"), (0, 1): ("pose", "tracks"), (1, 1): ("pose"
          (0, 2): CONDITIONS, (1, 2): ("tracks",), (1, 5): ("pose", "tracks")}  # fmt: skip
 NAN_LOSS = (1, 3)  # (rank, step): the loss is NaN on rank 1 only
 NAN_GRAD = (0, 4)  # (rank, step): one gradient is NaN on rank 0 only (before DDP's all-reduce)
+NAN_GRAD_LOCAL = (1, 5)  # (rank, step): one gradient element set to NaN on rank 1 after the all-reduce
 
 
 class ScriptedDropout(FgbgModule):
@@ -42,6 +43,14 @@ class ScriptedDropout(FgbgModule):
         self.keeps: list[dict] = []
         param = next(p for n, p in self.named_parameters() if p.requires_grad and n.startswith("controlnet."))
         param.register_hook(lambda g: g * float("nan") if self._now() == NAN_GRAD else g)
+        # In a list: a Parameter attribute would register a second name for it.
+        self.largest = [max((p for p in self.parameters() if p.requires_grad), key=lambda p: p.numel())]
+
+    def on_after_backward(self) -> None:  # rank-local, as an FSDP2 gradient shard would be
+        if self._now() == NAN_GRAD_LOCAL:
+            grad = self.largest[0].grad
+            with torch.no_grad():
+                (grad.to_local() if hasattr(grad, "to_local") else grad).view(-1)[0] = float("nan")
 
     def _now(self) -> tuple[int, int]:
         return self.global_rank, self.global_step
@@ -101,11 +110,14 @@ class RankDump(L.Callback):
 
 
 def test_ddp_sim_survives_rank_dependent_dropout_and_one_rank_nan(tmp_path):
-    """Six steps, 2 ranks x 1 sample; the script above. Before the fix step 0 raised DDP's
-    "parameters that were not used in producing the loss" and a rank-local NaN skip left the other rank
-    waiting in the all-reduce. Checked: the run ends after 6 steps; both ranks skip exactly steps 3
-    (NaN loss on rank 1) and 4 (NaN gradient on rank 0: DDP's average makes it NaN on both); the keep
-    draws were the scripted ones; the replicas' trainable weights are bitwise equal, and moved.
+    """Seven steps, 2 ranks x 1 sample; the script above. Before the fix step 0 raised DDP's "parameters that
+    were not used in producing the loss" (step 2 with the reference dropped on rank 0 only: a hang), and the
+    NaN loss on one rank Lightning's "Skipping the `training_step` by returning None in distributed training
+    is not supported". Checked: the run ends after 7 steps; both ranks skip exactly steps 3 (NaN loss on
+    rank 1), 4 (NaN gradient on rank 0 before the all-reduce: DDP's average makes it NaN on both) and 5
+    (NaN gradient element on rank 1 after the all-reduce: only the guard's all-reduced flag makes rank 0
+    skip too); the keep draws were the scripted ones; the replicas' trainable weights are bitwise equal,
+    and moved.
     """
     shards = run_synth(tmp_path / "synth", 2, 1)
     dump = tmp_path / "dump"
@@ -126,8 +138,8 @@ def test_ddp_sim_survives_rank_dependent_dropout_and_one_rank_nan(tmp_path):
     states = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r, state in enumerate(states):
         assert state["global_step"] == STEPS
-        assert state["skipped_steps"] == 2 and state["consecutive"] == 0, (r, state)
-        assert state["skipped_by_step"] == [0, 0, 0, 1, 2, 2], (r, state["skipped_by_step"])
+        assert state["skipped_steps"] == 3 and state["consecutive"] == 0, (r, state)
+        assert state["skipped_by_step"] == [0, 0, 0, 1, 2, 3, 3], (r, state["skipped_by_step"])
         keeps = {k["step"]: k for k in state["keeps"]}
         assert sorted(keeps) == list(range(STEPS)), f"rank {r}: one training forward per step"
         for step, keep in keeps.items():

@@ -5,8 +5,9 @@ the flag, returns ``{"loss": loss * 0, "skipped": True}`` on every rank and drop
 the optimizer step; a ``None`` output also counts as skipped) or when any gradient is not finite (this
 callback drops every gradient in ``on_before_optimizer_step``, before clipping; AdamW and SGD leave
 parameters without a gradient untouched). The weights therefore stay at the last good state. Both
-decisions agree across DDP ranks: the loss flag is all-reduced, and gradients are compared after DDP's
-all-reduce (a NaN on one rank is NaN in the average on all), so the counters stay equal on every rank.
+decisions agree across ranks: the loss flag is all-reduced, and so is the gradient flag (under DDP a NaN
+on one rank is already NaN in the averaged gradient on all; under FSDP2 each rank holds only its shard of
+the gradient), so the counters stay equal on every rank.
 Skips are logged as ``train/skipped_steps``; ``max_consecutive_nonfinite`` skips in a row stop the
 run with :class:`NonFiniteTrainingError`, after saving ``last_finite.ckpt`` (the unchanged last good
 state) next to the other checkpoints.
@@ -49,8 +50,11 @@ class NumericalGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
-            log.warning("step %d: non-finite gradient, skipping the optimizer step", trainer.global_step)
+        # Local check (an FSDP2 shard's own elements: to_local), then one all-reduce: every rank decides alike.
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        bad = torch.stack([~torch.isfinite(g).all() for g in local]).any().float() if local else torch.zeros(())
+        if bool(trainer.strategy.reduce(bad.to(pl_module.device), reduce_op="max") > 0):
+            log.warning("step %d: non-finite gradient on some rank, skipping the optimizer step", trainer.global_step)
             self._bad_grad = True
             optimizer.zero_grad(set_to_none=True)
 
