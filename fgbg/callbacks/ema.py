@@ -42,14 +42,27 @@ class EMACallback(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
-        params = self._params(pl_module)
-        self.ema = EMAModel(params, decay=self.decay, use_ema_warmup=self.use_ema_warmup, power=self.power)
-        if self._pending_state is not None:
-            self.ema.load_state_dict(self._pending_state)
-            self.ema.shadow_params = [like(s, p) for s, p in zip(self.ema.shadow_params, params, strict=True)]
-            self._pending_state = None
+        self.ema = EMAModel(
+            self._params(pl_module), decay=self.decay, use_ema_warmup=self.use_ema_warmup, power=self.power
+        )
         self.ema.to(pl_module.device)
+        self._apply_pending(pl_module)
         self.gate.start(trainer)
+
+    def on_train_start(self, trainer, pl_module):
+        # Strategies that restore the checkpoint after setup (ModelParallelStrategy: trainer=fsdp) call
+        # load_state_dict after on_fit_start: apply the restored EMA here.
+        self._apply_pending(pl_module)
+        self.gate.start(trainer)
+
+    def _apply_pending(self, pl_module) -> None:
+        """Load a restored EMA state (full tensors) into the live EMA, laid out (sharded) like the parameters."""
+        if self._pending_state is None or self.ema is None:
+            return
+        params = self._params(pl_module)
+        self.ema.load_state_dict(self._pending_state)
+        self.ema.shadow_params = [like(s, p) for s, p in zip(self.ema.shadow_params, params, strict=True)]
+        self._pending_state = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.gate.new_step(trainer):

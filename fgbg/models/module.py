@@ -361,7 +361,8 @@ class FgbgModule(L.LightningModule):
         when no sample reads it, so every trainable parameter gets a gradient (zero where dropped) whatever the
         dropout draw: DDP ranks (find_unused_parameters=False) agree on the set.
         No graph (``sample_clip``, validation, stage video's frozen branches): a branch whose keep is False
-        for every sample is skipped, a pure speed-up (it would add exact zeros).
+        for every sample is skipped, a pure speed-up (it would add exact zeros), except under FSDP, where
+        every rank must run the same sharded modules.
         """
         b, f, c, h, w = noisy.shape
         if not self.use_tracks:
@@ -376,9 +377,12 @@ class FgbgModule(L.LightningModule):
         # get a gradient never depends on the dropout draw (DDP with find_unused_parameters=False needs the same set
         # on every rank). Without one (generation, validation, stage video's frozen branches) a branch whose keep is
         # False for the whole batch is skipped: it would add exact zeros.
+        # Under FSDP every rank must run the same modules: each sharded forward all-gathers its parameters, so a
+        # ControlNet skipped on one rank only (its draw dropped every pose) would desynchronise the collectives.
         grads = torch.is_grad_enabled() and self.stage == "image"
-        run_pose = grads or bool(keep["pose"].any())
-        run_tracks = (grads and self.use_tracks) or bool(keep["tracks"].any())
+        always = grads or bool(self.fsdp_units)
+        run_pose = always or bool(keep["pose"].any())
+        run_tracks = (always and self.use_tracks) or bool(keep["tracks"].any())
         down = [torch.zeros(()) for _ in static["track_down"]]
         mid = torch.zeros(())
         if run_pose:
