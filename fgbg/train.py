@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for lg in loggers:
             lg.log_hyperparams(hparams)
         if cfg.get("train", True):
+            if ckpt_path and hasattr(datamodule, "train_position"):  # ClipDataModule resumes mid-epoch itself
+                warnings.filterwarnings(
+                    "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+                )
             with checkpoint_safe_globals():  # Lightning loads ckpt_path with weights_only
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("validate"):
