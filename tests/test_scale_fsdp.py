@@ -171,3 +171,68 @@ def test_fsdp_sim_trains_and_writes_full_weights_ema_samples_and_sharded_checkpo
     assert (run / "samples" / "step000004.mp4").is_file() and (run / "samples" / "step000004_sheet.png").is_file()
     for ckpt in ("step000002.ckpt", "last.ckpt"):
         assert (run / "checkpoints" / ckpt / "meta.pt").is_file(), f"{ckpt} is not a sharded checkpoint folder"
+
+
+@pytest.mark.slow
+def test_fsdp_sim_trains_stage_video_with_gradient_checkpointing(tmp_path, synth_shard):
+    """Stage video under FSDP2 (frozen sharded units, trainable motion blocks) with activation checkpointing: 2 steps,
+    with cfg dropout high enough that ranks drop different conditions (no rank may skip a sharded forward)."""
+    from hydra.utils import instantiate
+
+    from fgbg.models.checkpoint import load_stage_weights
+
+    args = [*_overrides(synth_shard, str(tmp_path / "record.pt"), 2, 2), "trainer=fsdp_sim", "data.batch_size=1",
+            "model.stage=video", "data.clip_len=4", "callbacks.gradient_checkpointing.enabled=true",
+            "model.cfg_dropout.pose=0.5", "model.cfg_dropout.tracks=0.5", f"paths.log_dir={tmp_path}",
+            "run_name=video"]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "fgbg.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "synthetic_tiny_image" / "runs" / "video"
+    model = instantiate(_compose(["experiment=synthetic_tiny_image", "model.stage=video"], tmp_path / "x").model)
+    for name in ("video.safetensors", "video_ema.safetensors"):
+        assert load_stage_weights(model, str(run / "checkpoints" / name)) == "video"
+    assert (run / "samples" / "step000002.mp4").is_file()
+
+
+def test_validation_batches_are_padded_to_the_same_count_on_every_rank(tmp_path):
+    """3 validation clips over 2 ranks x batch 1: rank 0 reads 2, rank 1 reads 1 and pads one batch (``val_pad``),
+    so both run 2 validation steps (an FSDP forward on one rank only would hang); real samples each once."""
+    from fgbg.datamodules.clips import ClipStream, ExampleBuilder
+    from tests.conftest import run_synth
+
+    urls = [str(p) for p in sorted(run_synth(tmp_path, 3, 3).glob("train-*.tar"))]
+    streams = [ClipStream(urls, ExampleBuilder(resolution=16, clip_len=4), 1, train=False, rank=r, world_size=2)
+               for r in (0, 1)]  # fmt: skip
+    batches = [list(s) for s in streams]
+    assert [len(b) for b in batches] == [2, 2]
+    real = [k for bs in batches for b in bs if not b.get("val_pad") for k in b["key"]]
+    assert sorted(real) == sorted(set(real)) and len(real) == 3
+    assert [bool(b.get("val_pad")) for b in batches[1]] == [False, True]
+    assert streams[0].even_val_batches(0, 1) == 2
+
+
+@pytest.mark.slow
+def test_fsdp_sim_validates_when_one_rank_has_no_validation_sample(tmp_path, synth_shard):
+    """One validation clip, 2 FSDP ranks: rank 1 runs a padding batch (weight 0) so both ranks take part in every
+    sharded forward and in the epoch-end reduction; val/loss is rank 0's clip's loss. The run has a timeout."""
+    from tests.conftest import run_synth
+
+    val = sorted(run_synth(tmp_path / "val", 1).glob("train-*.tar"))[0]
+    args = [*_overrides(synth_shard, str(tmp_path / "record.pt"), 2, 0), "trainer=fsdp_sim", "data.batch_size=1",
+            f"data.val_shards={val}", "trainer.val_check_interval=1", "trainer.limit_val_batches=null",
+            f"paths.log_dir={tmp_path}", "run_name=val"]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "fgbg.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = (tmp_path / "synthetic_tiny_image" / "runs" / "val" / "csv" / "metrics.csv").read_text()
+    rows = [r.split(",") for r in metrics.splitlines()]
+    col = rows[0].index("val/loss")
+    values = [float(r[col]) for r in rows[1:] if len(r) > col and r[col]]
+    assert len(values) == 2 and all(0 < v < float("inf") for v in values), values

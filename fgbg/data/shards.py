@@ -175,6 +175,24 @@ def iter_tar_groups(url: str, stream=None) -> Iterator[dict[str, Any]]:
             stream.close()
 
 
+def count_tar_groups(url: str) -> int:
+    """Number of samples (groups of members sharing a key, as :func:`iter_tar_groups` forms them) in a local
+    shard, from the tar headers alone (no member is read). A corrupt shard counts what precedes the damage."""
+    count, last = 0, None
+    try:
+        with tarfile.open(url, mode="r:*") as tf:
+            for member in tf:
+                base = os.path.basename(member.name)
+                if not member.isfile() or "." not in base:
+                    continue
+                key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+                if key != last:
+                    count, last = count + 1, key
+    except (tarfile.TarError, OSError, EOFError):
+        pass
+    return count
+
+
 def iter_clips(urls: Iterable[str | dict], counter: SkipCounter | None = None) -> Iterator[Clip]:
     """Decode clips from shards, skipping (with a warning, counted) anything bad."""
     for item in urls:

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fgbg.data.conditioning import build_conditions, collate_conditions, select_tracks
 from fgbg.data.schema import Clip
-from fgbg.data.shards import SkipCounter, iter_clips
+from fgbg.data.shards import SkipCounter, count_tar_groups, iter_clips
 from fgbg.data.transforms import augment_clip, fit_clip
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,49 @@ class ClipStream(IterableDataset):
 
     # -- validation ---------------------------------------------------------------------
     def _val_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        """This (rank, worker)'s validation batches; with several ranks, padded to the same count on every rank.
+
+        Ranks get other numbers of samples (shard sizes, a remainder), so one would run more validation
+        steps than another: under FSDP every forward pass all-gathers parameters, so the rank with more
+        batches waits forever. Each worker therefore yields ``even_val_batches(worker)`` batches, the
+        most that worker's slot has on any rank (counted from the tar headers), the missing ones as
+        padding: a copy of a batch of the validation set with ``batch["val_pad"] = True``, which
+        ``FgbgModule.validation_step`` runs (to join the collectives) but does not count.
+        """
+        real = self._val_real_batches(worker, num_workers)
+        if self.world_size == 1:
+            return real
+        return self._padded(real, self.even_val_batches(worker, num_workers))
+
+    def _padded(self, real: Iterator[dict[str, Any]], target: int) -> Iterator[dict[str, Any]]:
+        first, count = None, 0
+        for batch in real:
+            first = first or batch
+            count += 1
+            yield batch
+        if count < target and first is None:  # this slot has no sample: pad with the set's first one
+            clip = next(iter_clips(self.urls), None)
+            if clip is None:
+                return
+            first = collate_conditions([self._val_example(clip)])
+        for _ in range(target - count):
+            yield {**first, "val_pad": True}
+
+    def slot_sample_counts(self, num_workers: int) -> list[int]:
+        """Samples per (rank, worker) slot, slot = rank * num_workers + worker, as ``_val_real_batches`` splits them."""
+        slots = self.world_size * num_workers
+        per_url = [count_tar_groups(u) for u in self.urls]
+        if len(self.urls) >= slots:
+            return [sum(per_url[s::slots]) for s in range(slots)]
+        total = sum(per_url)
+        return [total // slots + (s < total % slots) for s in range(slots)]
+
+    def even_val_batches(self, worker: int, num_workers: int) -> int:
+        """The most batches worker ``worker``'s slot holds on any rank."""
+        counts = self.slot_sample_counts(num_workers)
+        return max(math.ceil(counts[r * num_workers + worker] / self.batch_size) for r in range(self.world_size))
+
+    def _val_real_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         slots = self.world_size * num_workers
         slot = self.rank * num_workers + worker
         if len(self.urls) >= slots:

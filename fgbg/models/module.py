@@ -40,6 +40,8 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 from diffusers.training_utils import compute_snr
+from torch import nn
+from torchmetrics import MeanMetric
 
 from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import dilate, motion_hint
@@ -196,6 +198,7 @@ class FgbgModule(L.LightningModule):
         self.per_sample_seed = per_sample_seed
         self.fsdp = _plain(fsdp)  # fgbg.models.sharding.shard_model kwargs, used under ModelParallelStrategy
         self.fsdp_units: list[str] = []
+        self.val_metrics = nn.ModuleDict({"loss": MeanMetric(), "loss_unweighted": MeanMetric()})
 
         c = latent.channels
         self.latent = latent
@@ -567,11 +570,20 @@ class FgbgModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def validation_step(self, batch, batch_idx):
+        """Validation loss with fixed draws, averaged over samples by torchmetrics ``MeanMetric``s.
+
+        A padding batch (``val_pad``: this rank ran out of validation samples before the others, see
+        ``ClipStream._val_batches``) still runs the forward pass, as FSDP's collectives need every rank, and
+        counts with weight 0. The metrics sum (loss x samples) and samples over ranks at epoch end, so uneven
+        per-rank counts give the true mean (Lightning's own ``sync_dist`` mean averages the integer sample
+        counts over ranks in integer arithmetic: 1 and 0 samples gave a count of 0, val/loss = inf).
+        """
         gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
         out = self.compute_loss(batch, generator=gen, dropout=False)
-        bs = batch["frames"].shape[0]
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("val/loss_unweighted", out["loss_unweighted"], batch_size=bs, sync_dist=True)
+        weight = 0.0 if batch.get("val_pad") else float(batch["frames"].shape[0])
+        for key, metric in self.val_metrics.items():
+            metric.update(out[key].detach(), weight=weight)
+            self.log(f"val/{key}", metric, prog_bar=key == "loss")
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -54,7 +54,9 @@ def like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         return full.to(param.device, param.dtype)
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(full.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+    return distribute_tensor(
+        full.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None
+    )
 
 
 def writes_reference_bank(module: nn.Module) -> bool:
