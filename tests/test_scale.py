@@ -106,6 +106,7 @@ def test_gpu_cluster_trainer_configs_compose_and_build_their_strategy_objects():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         fsdp = compose("train", overrides=["trainer=fsdp"]).trainer
         slurm = compose("train", overrides=["trainer=slurm", "trainer.num_nodes=4"]).trainer
+        slurm_fsdp = compose("train", overrides=["trainer=slurm_fsdp", "trainer.num_nodes=4"]).trainer
         gpu = compose("train", overrides=["trainer=gpu"]).trainer
     strategy = instantiate(fsdp.strategy)
     assert isinstance(strategy, ModelParallelStrategy)  # FSDP2; it runs on CPU as trainer=fsdp_sim (test_scale_fsdp)
@@ -116,3 +117,5 @@ def test_gpu_cluster_trainer_configs_compose_and_build_their_strategy_objects():
     atomic, env = (instantiate(p) for p in slurm.plugins)
     assert isinstance(atomic, AtomicCheckpointIO) and isinstance(env, SLURMEnvironment)
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+    assert isinstance(instantiate(slurm_fsdp.strategy), ModelParallelStrategy) and slurm_fsdp.num_nodes == 4
+    assert [instantiate(p) for p in slurm_fsdp.plugins][1].auto_requeue
