@@ -146,11 +146,14 @@ def test_same_seed_gives_the_same_first_batch(random_shards):
 @pytest.mark.parametrize("num_shards,per_shard", [(6, 2), (2, 5)], ids=["split-by-shard", "split-by-sample"])
 def test_validation_reads_every_sample_exactly_once_over_2_ranks_x_2_workers(random_shards, num_shards, per_shard):
     paths = random_shards(num_shards, per_shard, **CLIP)
-    keys = []
+    keys, steps = [], []
     for rank in range(2):
         dm = make_dm(val=paths, num_workers=2, rank=rank, world_size=2)
-        keys += [k for batch in dm.val_dataloader() for k in batch["key"]]
+        batches = list(dm.val_dataloader())
+        steps.append(len(batches))
+        keys += [k for batch in batches if not batch.get("val_pad") for k in batch["key"]]
     assert sorted(keys) == all_keys(num_shards, per_shard)  # all of them, none twice
+    assert steps[0] == steps[1], "ranks run the same number of validation steps (padding batches: val_pad)"
 
 
 def test_validation_is_deterministic(random_shards):

@@ -8,9 +8,6 @@ it with the ``*_ema.safetensors`` the run wrote.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,8 +19,8 @@ from safetensors.torch import load_file
 from fgbg.callbacks.ema import find_ema
 from fgbg.callbacks.steps import OptimizerStepGate
 from fgbg.models.sharding import full_state
+from tests.test_scale import run_train
 
-REPO = Path(__file__).resolve().parents[1]
 ME = "tests.test_scale_fsdp"
 
 
@@ -154,13 +151,8 @@ def test_fsdp_sim_trains_and_writes_full_weights_ema_samples_and_sharded_checkpo
 
     record = tmp_path / "record.pt"
     args = [*_overrides(synth_shard, str(record), 4, 2), "trainer=fsdp_sim", "data.batch_size=null",
-            "data.global_batch_size=2", f"paths.log_dir={tmp_path}", "run_name=fsdp"]  # fmt: skip
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
-    proc = subprocess.run([sys.executable, "-m", "fgbg.train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+            "data.global_batch_size=2", "run_name=fsdp"]  # fmt: skip
+    run_train(args, tmp_path, timeout=900)  # tests.test_scale: the real CLI in a subprocess
     run = tmp_path / "synthetic_tiny_image" / "runs" / "fsdp"
     rec = torch.load(record)
     assert rec["world_size"] == 2
@@ -183,14 +175,8 @@ def test_fsdp_sim_trains_stage_video_with_gradient_checkpointing(tmp_path, synth
 
     args = [*_overrides(synth_shard, str(tmp_path / "record.pt"), 2, 2), "trainer=fsdp_sim", "data.batch_size=1",
             "model.stage=video", "data.clip_len=4", "callbacks.gradient_checkpointing.enabled=true",
-            "model.cfg_dropout.pose=0.5", "model.cfg_dropout.tracks=0.5", f"paths.log_dir={tmp_path}",
-            "run_name=video"]  # fmt: skip
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
-    proc = subprocess.run([sys.executable, "-m", "fgbg.train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+            "model.cfg_dropout.pose=0.5", "model.cfg_dropout.tracks=0.5", "run_name=video"]  # fmt: skip
+    run_train(args, tmp_path, timeout=900)  # tests.test_scale: the real CLI in a subprocess
     run = tmp_path / "synthetic_tiny_image" / "runs" / "video"
     model = instantiate(_compose(["experiment=synthetic_tiny_image", "model.stage=video"], tmp_path / "x").model)
     for name in ("video.safetensors", "video_ema.safetensors"):
@@ -224,13 +210,8 @@ def test_fsdp_sim_validates_when_one_rank_has_no_validation_sample(tmp_path, syn
     val = sorted(run_synth(tmp_path / "val", 1).glob("train-*.tar"))[0]
     args = [*_overrides(synth_shard, str(tmp_path / "record.pt"), 2, 0), "trainer=fsdp_sim", "data.batch_size=1",
             f"data.val_shards={val}", "trainer.val_check_interval=1", "trainer.limit_val_batches=null",
-            f"paths.log_dir={tmp_path}", "run_name=val"]  # fmt: skip
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
-    proc = subprocess.run([sys.executable, "-m", "fgbg.train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+            "run_name=val"]  # fmt: skip
+    run_train(args, tmp_path, timeout=900)  # tests.test_scale: the real CLI in a subprocess
     metrics = (tmp_path / "synthetic_tiny_image" / "runs" / "val" / "csv" / "metrics.csv").read_text()
     rows = [r.split(",") for r in metrics.splitlines()]
     col = rows[0].index("val/loss")
