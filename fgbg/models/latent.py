@@ -14,7 +14,7 @@ class IdentityLatent(nn.Module):
     channels = 3
     factor = 1
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(M, 3, H, W) in [-1, 1] -> (M, 3, H, W)."""
         return images
 
@@ -26,6 +26,10 @@ class VAELatent(nn.Module):
     """Frozen ``AutoencoderKL`` from a local diffusers folder; latents scaled by ``scaling_factor``.
 
     encode: (M, 3, H, W) in [-1, 1] -> (M, c, H/f, W/f); decode the inverse (clamped to [-1, 1]).
+    ``chunk_frames``: encode and decode at most this many images per VAE call (the VAE's activations at
+    512x512 are about 1 GB per image in fp32; B x 16 frames in one call do not fit), same output.
+    The posterior sample draws from ``generator`` when one is given (training passes its seeded one, so a
+    resumed run and every rank draw what an uninterrupted run would), else from the global RNG.
     """
 
     def __init__(
@@ -34,9 +38,14 @@ class VAELatent(nn.Module):
         subfolder: str | None = "vae",
         sample_posterior: bool = True,
         config: dict | None = None,
+        chunk_frames: int | None = None,
     ):
         super().__init__()
         from diffusers import AutoencoderKL
+
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ValueError(f"model.latent.chunk_frames={chunk_frames}: expected an integer >= 1 or null (one call)")
+        self.chunk_frames = chunk_frames
 
         if pretrained:
             if not os.path.isdir(pretrained):
@@ -57,13 +66,18 @@ class VAELatent(nn.Module):
     def train(self, mode: bool = True):  # always frozen
         return super().train(False)
 
+    def _chunks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.split(self.chunk_frames) if self.chunk_frames else (x,)
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample() if self.sample_posterior else dist.mode()
-        return z.float() * self.scaling_factor
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = []
+        for chunk in self._chunks(images):
+            dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
+            out.append(dist.sample(generator) if self.sample_posterior else dist.mode())
+        return torch.cat(out).float() * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample
-        return x.float().clamp(-1, 1)
+        out = [self.vae.decode((c / self.scaling_factor).to(self.vae.dtype)).sample for c in self._chunks(latents)]
+        return torch.cat(out).float().clamp(-1, 1)

@@ -284,13 +284,19 @@ class FgbgModule(L.LightningModule):
         log.info("FSDP2: %d sharded units", len(self.fsdp_units))
 
     # ------------------------------------------------------------------ reference
-    def encode_reference(self, reference: torch.Tensor, reference_mask: torch.Tensor | None = None) -> ReferenceContext:
+    def encode_reference(
+        self,
+        reference: torch.Tensor,
+        reference_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ReferenceContext:
         """Run the image encoder and ReferenceNet once.
 
-        reference: (B, 3, H, W) in [-1, 1]; reference_mask: (B, 1, H, W) in {0, 1} or None.
+        reference: (B, 3, H, W) in [-1, 1]; reference_mask: (B, 1, H, W) in {0, 1} or None; generator: for
+        the VAE's posterior sample (training passes its seeded one), None: the global RNG.
         """
         self.referencenet_calls += 1
-        latent = self.latent.encode(reference)
+        latent = self.latent.encode(reference, generator)
         tokens = self.image_encoder(reference)
         mask_latent = None
         if self.referencenet.mask_input:
@@ -469,10 +475,10 @@ class FgbgModule(L.LightningModule):
         b, f = frames.shape[:2]
         dev = frames.device
         with torch.no_grad():
-            z0 = self.latent.encode(frames.flatten(0, 1).to(self.dtype)).unflatten(0, (b, f))
+            z0 = self.latent.encode(frames.flatten(0, 1).to(self.dtype), generator).unflatten(0, (b, f))
         # Stage video trains only the motion modules: the conditioning parts run without a graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "image"):
-            ctx = self.encode_reference(batch["reference"].to(self.dtype), batch["reference_mask"])
+            ctx = self.encode_reference(batch["reference"].to(self.dtype), batch["reference_mask"], generator)
             static = self.static_conditions(ctx, cond)
 
         gen_dev = generator.device if generator else dev
@@ -488,7 +494,7 @@ class FgbgModule(L.LightningModule):
         link_latent = None
         if bool(link_on.any()):
             with torch.no_grad():
-                link_latent = self.latent.encode(link_frame.to(self.dtype))
+                link_latent = self.latent.encode(link_frame.to(self.dtype), generator)
         pred = self.denoise(noisy, timesteps, ctx, static, keep, link_latent, link_on)
 
         kind = self.noise_scheduler.config.prediction_type
