@@ -40,17 +40,41 @@ def test_precision_and_gradient_checkpointing_train_on_cpu(tmp_path, shard, prec
     assert math.isfinite(metrics["train/loss"]) and metrics["train/skipped_steps"] == 0
 
 
-def test_gradient_checkpointing_wraps_the_named_models_and_refuses_the_bank_reader():
+def test_gradient_checkpointing_wraps_the_named_models_and_refuses_a_non_diffusers_path():
     from fgbg.callbacks.gradient_checkpointing import GradientCheckpointing
 
     model = build()
     callback = GradientCheckpointing(enabled=True)
     callback.setup(None, model, "fit")
-    assert callback.wrapped == ["referencenet.unet", "controlnet"]
-    assert model.referencenet.unet.is_gradient_checkpointing and model.controlnet.is_gradient_checkpointing
-    assert not model.denoiser.unet.is_gradient_checkpointing
-    with pytest.raises(ValueError, match="denoiser.unet.*reads the ReferenceNet bank"):
-        GradientCheckpointing(enabled=True, models=["denoiser.unet"]).setup(None, model, "fit")
+    assert callback.wrapped == ["referencenet.unet", "controlnet", "denoiser.unet"]
+    assert all(m.is_gradient_checkpointing for m in (model.referencenet.unet, model.controlnet, model.denoiser.unet))
+    with pytest.raises(ValueError, match="'track_encoder' is TrackEncoder"):
+        GradientCheckpointing(enabled=True, models=["track_encoder"]).setup(None, model, "fit")
+
+
+@pytest.mark.parametrize("stage", ["image", "video"])
+def test_gradients_with_checkpointing_equal_those_without(stage):
+    """ReferenceNet, ControlNet and the bank-reading denoiser recomputed in backward: same loss and gradients (1e-5),
+    with one sample's reference dropped so both halves of the bank attention run."""
+    from fgbg.callbacks.gradient_checkpointing import GradientCheckpointing
+    from tests.test_model import random_batch
+
+    def grads(checkpointing: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build(stage=stage, **{"cfg_dropout.reference": 0.5})
+        model.train()
+        GradientCheckpointing(enabled=checkpointing).setup(None, model, "fit")
+        torch.manual_seed(1)
+        batch = random_batch(b=2, t=3)
+        loss = model.compute_loss(batch, generator=torch.Generator().manual_seed(4))["loss"]
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (loss0, g0), (loss1, g1) = grads(False), grads(True)
+    assert g0.keys() == g1.keys() and any(n.startswith("denoiser.") for n in g0)
+    worst = max(float((g0[n] - g1[n]).abs().max()) for n in g0)
+    print(f"stage {stage}: loss {loss0:.6f} vs {loss1:.6f}; max |grad diff| {worst:.3g}")
+    assert loss0 == pytest.approx(loss1, abs=1e-6) and worst <= 1e-5
 
 
 def compose_debug(tmp_path, shard: str, overrides: list[str]):

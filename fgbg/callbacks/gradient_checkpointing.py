@@ -16,15 +16,15 @@ class GradientCheckpointing(L.Callback):
     (attribute paths in the LightningModule, e.g. ``referencenet.unet``) at ``setup``.
 
     Their blocks then recompute activations in backward instead of storing them: less memory
-    for about one extra forward pass per step.
-
-    Not allowed: a model whose attention reads the ReferenceNet bank (the denoising UNet).
-    The bank is filled only for the duration of the forward pass, so the recomputation in
-    backward would attend to other tokens (torch raises a CheckpointError on the shape change);
-    checkpointing it needs the bank tokens passed as explicit inputs of the checkpointed blocks.
+    for about one extra forward pass per step. The denoising UNet (``denoiser.unet``: spatial and
+    motion blocks) may be one: its attention reads the ReferenceNet bank, whose read state stays
+    set until the next step (``ReferenceBank.reading``), so the recomputation attends to the same
+    tokens (gradients equal those without checkpointing: ``tests/test_scale_memory.py``).
     """
 
-    def __init__(self, enabled: bool = False, models: Sequence[str] = ("referencenet.unet", "controlnet")):
+    def __init__(
+        self, enabled: bool = False, models: Sequence[str] = ("referencenet.unet", "controlnet", "denoiser.unet")
+    ):
         self.enabled = enabled
         self.models = list(models)
         self.wrapped: list[str] = []
@@ -38,11 +38,6 @@ class GradientCheckpointing(L.Callback):
                 raise ValueError(
                     f"callbacks.gradient_checkpointing.models: {path!r} is {type(module).__name__}, "
                     "expected a diffusers model that supports gradient checkpointing"
-                )
-            if any(getattr(p, "role", None) == "read" for p in module.attn_processors.values()):
-                raise ValueError(
-                    f"callbacks.gradient_checkpointing.models: {path!r} reads the ReferenceNet bank, which is "
-                    "empty when backward recomputes it; checkpoint referencenet.unet / controlnet instead"
                 )
             module.enable_gradient_checkpointing()
             self.wrapped.append(path)

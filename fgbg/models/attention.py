@@ -122,6 +122,11 @@ class ReferenceBank:
     keep:   (B,) bool, False where the reference is dropped for that sample.
     ``mode`` is "write" while ReferenceNet runs, "read" while the denoiser runs
     with a reference, None otherwise (the reader then behaves as plain attention).
+
+    The read state outlives its ``reading`` block, until the next ``reading`` / ``writing`` / ``clear``:
+    activation checkpointing (``callbacks.gradient_checkpointing`` on ``denoiser.unet``) recomputes the
+    denoiser's blocks during backward, after the block has exited, and the recomputation must attend to
+    the same bank tokens with the same ``keep`` (the tokens are alive then anyway: the graph holds them).
     """
 
     def __init__(self) -> None:
@@ -140,12 +145,14 @@ class ReferenceBank:
 
     @contextmanager
     def reading(self, tokens: dict[str, torch.Tensor] | None, keep: torch.Tensor | None = None) -> Iterator[None]:
-        """Let the denoiser read ``tokens`` (None: no reference at all) during the block."""
+        """Let the denoiser read ``tokens`` (None: no reference at all) in the block and in backward's
+        recomputation after it (the state is kept until the next ``reading``/``writing``/``clear``)."""
         self.tokens, self.keep, self.mode = (tokens or {}), keep, ("read" if tokens else None)
-        try:
-            yield
-        finally:
-            self.tokens, self.keep, self.mode = {}, None, None
+        yield
+
+    def clear(self) -> None:
+        """Drop the tokens (a finished training step; ``FgbgModule.on_train_batch_end``)."""
+        self.tokens, self.keep, self.mode = {}, None, None
 
     def __deepcopy__(self, memo):  # a model copy (EMA, Lightning) shares no bank state
         return ReferenceBank()

@@ -539,6 +539,10 @@ class FgbgModule(L.LightningModule):
         self.log("train/loss_unweighted", out["loss_unweighted"], batch_size=bs)
         return out["loss"]
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Release the bank tokens the denoiser read (kept for backward's recomputation, see ``ReferenceBank``)."""
+        self.bank.clear()
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """Drop every gradient of a step that ``training_step`` skipped (after the callbacks, before clipping)."""
         if self.skip_optimizer_step:
