@@ -5,9 +5,8 @@
 
 A "step" is loss + backward + AdamW step of the image stage on the first training batch of
 ``fgbg-synth`` clips (rendered once into a temporary folder) read by the datamodule. Each variant runs in a fresh process: fp32 or bf16
-autocast, gradient checkpointing of ``referencenet.unet`` and ``controlnet`` off or on (the
-``callbacks.gradient_checkpointing`` callback; the denoiser cannot be checkpointed, see
-docs/scaling.md). Measured: CUDA, ``torch.cuda.max_memory_allocated`` during the step minus
+autocast, gradient checkpointing of ``referencenet.unet``, ``controlnet`` and ``denoiser.unet`` off or on
+(the ``callbacks.gradient_checkpointing`` callback's default models). Measured: CUDA, ``torch.cuda.max_memory_allocated`` during the step minus
 the memory allocated before it; CPU, the process's peak RSS (``ru_maxrss``) after the step
 minus its RSS before it. Both count activations, gradients and the AdamW state the first
 step allocates, over the model and batch already in memory. Writes
