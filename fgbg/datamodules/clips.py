@@ -325,9 +325,13 @@ class ClipStream(IterableDataset):
             yield {**first, "val_pad": True}
 
     def slot_sample_counts(self, num_workers: int) -> list[int]:
-        """Samples per (rank, worker) slot, slot = rank * num_workers + worker, as ``_val_real_batches`` splits them."""
+        """Samples per (rank, worker) slot, slot = rank * num_workers + worker, as ``_val_real_batches`` splits them.
+
+        The shards' headers are read once per stream object (a persistent worker keeps it across epochs)."""
         slots = self.world_size * num_workers
-        per_url = [count_tar_groups(u) for u in self.urls]
+        if getattr(self, "_per_url", None) is None:
+            self._per_url = [count_tar_groups(u) for u in self.urls]
+        per_url = self._per_url
         if len(self.urls) >= slots:
             return [sum(per_url[s::slots]) for s in range(slots)]
         total = sum(per_url)
