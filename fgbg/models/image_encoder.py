@@ -69,7 +69,15 @@ class ImageEncoderBase(nn.Module):
 
 
 class CLIPImageEncoder(ImageEncoderBase):
-    """transformers ``CLIPVisionModelWithProjection`` from a local folder or a (tiny) config dict."""
+    """transformers ``CLIPVisionModelWithProjection`` from a local folder or a (tiny) config dict.
+
+    ``preprocess``: ``clip`` feeds the reference through transformers' ``CLIPImageProcessor`` (resize of the
+    shortest edge, centre crop, the processor's mean/std; its torchvision backend works on tensors), read from
+    the folder's ``preprocessor_config.json`` when there is one, else CLIP's published settings at the
+    model's image size: what the pretrained encoder saw in training, a non-square reference is cropped,
+    not squashed. ``squash``: resize to a square and normalise (the tiny random encoders were trained so).
+    ``auto``: ``clip`` with ``pretrained``, else ``squash``.
+    """
 
     def __init__(
         self,
@@ -78,8 +86,12 @@ class CLIPImageEncoder(ImageEncoderBase):
         config: Mapping | None = None,
         grid: int = 2,
         trainable_backbone: bool = False,
+        preprocess: str = "auto",
     ):
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        if preprocess not in ("auto", "clip", "squash"):
+            raise ValueError(f"model.image_encoder.preprocess={preprocess!r}: expected auto, clip or squash")
 
         if pretrained:
             if not os.path.isdir(pretrained):
@@ -103,6 +115,20 @@ class CLIPImageEncoder(ImageEncoderBase):
         if not trainable_backbone:
             self.backbone.requires_grad_(False)
         self.head = _TokenHead(cfg.projection_dim, cfg.hidden_size, cross_attention_dim, grid)
+        self.processor = None
+        if preprocess == "clip" or (preprocess == "auto" and pretrained):
+            if pretrained and os.path.isfile(os.path.join(pretrained, "preprocessor_config.json")):
+                self.processor = CLIPImageProcessor.from_pretrained(pretrained, local_files_only=True)
+            else:
+                self.processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size}, crop_size=cfg.image_size)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 3, S, S) normalised for the backbone (see ``preprocess``)."""
+        if self.processor is None:
+            return super().prepare(images)
+        x = ((images.detach().float() + 1) / 2).clamp(0, 1)
+        out = self.processor(images=list(x), do_rescale=False, return_tensors="pt", device=x.device)
+        return out["pixel_values"].to(x.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 1 + grid**2, cross_attention_dim)."""
