@@ -137,3 +137,25 @@ def test_missing_folders_name_the_key(tmp_path):
     (tmp_path / "mm.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match="single_file_config"):
         load_motion_adapter(single_file=str(tmp_path / "mm.ckpt"))
+
+
+def test_fp16_variant_folders_load(tmp_path):
+    """SD-1.5-style repositories publish ``*.fp16.safetensors``: ``variant: fp16`` loads them (UNet, VAE, adapter)."""
+    from diffusers import AutoencoderKL
+
+    from fgbg.models.latent import VAELatent
+    from tests.test_latent import TINY_VAE
+
+    torch.manual_seed(0)
+    unet = _perturb(UNet2DConditionModel(**UNET)).half()
+    unet.save_pretrained(tmp_path / "sd" / "unet", variant="fp16")
+    AutoencoderKL(**TINY_VAE).half().save_pretrained(tmp_path / "sd" / "vae", variant="fp16")
+    _perturb(MotionAdapter(**ADAPTER)).half().save_pretrained(tmp_path / "mm", variant="fp16")
+    assert list((tmp_path / "sd" / "unet").glob("*.fp16.safetensors"))
+
+    loaded = load_unet2d(str(tmp_path / "sd"), variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), unet.state_dict().values()))
+    assert VAELatent(pretrained=str(tmp_path / "sd"), variant="fp16").channels == TINY_VAE["latent_channels"]
+    assert load_motion_adapter(str(tmp_path / "mm"), variant="fp16").config.use_motion_mid_block
+    with pytest.raises((OSError, EnvironmentError, ValueError)):
+        load_unet2d(str(tmp_path / "sd"))  # no plain diffusion_pytorch_model.safetensors in the folder

@@ -87,6 +87,7 @@ class CLIPImageEncoder(ImageEncoderBase):
         grid: int = 2,
         trainable_backbone: bool = False,
         preprocess: str = "auto",
+        variant: str | None = None,
     ):
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -99,7 +100,7 @@ class CLIPImageEncoder(ImageEncoderBase):
                     f"model.image_encoder.pretrained={pretrained!r}: expected a local CLIP vision folder "
                     "in transformers layout (config.json + weights)"
                 )
-            backbone = CLIPVisionModelWithProjection.from_pretrained(pretrained, local_files_only=True)
+            backbone = CLIPVisionModelWithProjection.from_pretrained(pretrained, variant=variant, local_files_only=True)
         elif config:
             backbone = CLIPVisionModelWithProjection(CLIPVisionConfig(**dict(config)))
         else:

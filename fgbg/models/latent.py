@@ -39,6 +39,7 @@ class VAELatent(nn.Module):
         sample_posterior: bool = True,
         config: dict | None = None,
         chunk_frames: int | None = None,
+        variant: str | None = None,
     ):
         super().__init__()
         from diffusers import AutoencoderKL
@@ -52,7 +53,9 @@ class VAELatent(nn.Module):
                 raise FileNotFoundError(
                     f"model.latent.pretrained={pretrained!r}: expected a local AutoencoderKL folder"
                 )
-            self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder=subfolder or None, local_files_only=True)
+            self.vae = AutoencoderKL.from_pretrained(
+                pretrained, subfolder=subfolder or None, variant=variant, local_files_only=True
+            )
         elif config:  # random weights with the right shapes (benchmarks, tests)
             self.vae = AutoencoderKL(**{k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items()})
         else:

@@ -209,7 +209,9 @@ class FgbgModule(L.LightningModule):
         self.referencenet = ReferenceNet(unet, self.bank, bool(ref_cfg.get("mask_input", False)), attention_backend)
         cn_cfg = _plain(controlnet)
         if cn_cfg.get("pretrained"):
-            self.controlnet = ControlNetModel.from_pretrained(cn_cfg["pretrained"], local_files_only=True)
+            self.controlnet = ControlNetModel.from_pretrained(
+                cn_cfg["pretrained"], variant=cn_cfg.get("variant"), local_files_only=True
+            )
         else:
             self.controlnet = ControlNetModel.from_unet(
                 unet,

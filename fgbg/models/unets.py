@@ -40,11 +40,19 @@ def _require_dir(path: str, what: str, key: str) -> None:
         raise FileNotFoundError(f"{key}={path!r}: expected a local folder holding {what}")
 
 
-def load_unet2d(pretrained: str | None = None, subfolder: str | None = "unet", config: Mapping | None = None):
-    """The spatial UNet: from a local diffusers folder (``pretrained``/``subfolder``) or a config dict."""
+def load_unet2d(
+    pretrained: str | None = None,
+    subfolder: str | None = "unet",
+    config: Mapping | None = None,
+    variant: str | None = None,
+):
+    """The spatial UNet: from a local diffusers folder (``pretrained``/``subfolder``; ``variant="fp16"`` reads
+    ``diffusion_pytorch_model.fp16.safetensors``) or a config dict."""
     if pretrained:
         _require_dir(pretrained, "a Stable Diffusion UNet in diffusers layout", "model.unet.pretrained")
-        return UNet2DConditionModel.from_pretrained(pretrained, subfolder=subfolder or None, local_files_only=True)
+        return UNet2DConditionModel.from_pretrained(
+            pretrained, subfolder=subfolder or None, variant=variant, local_files_only=True
+        )
     if not config:
         raise ValueError(
             "model.unet: give either `pretrained` (a local folder) or `config` (UNet2DConditionModel kwargs)"
@@ -66,13 +74,14 @@ def load_motion_adapter(
     single_file: str | None = None,
     single_file_config: str | None = None,
     config: Mapping | None = None,
+    variant: str | None = None,
 ) -> MotionAdapter:
     """AnimateDiff motion modules: a diffusers ``MotionAdapter`` folder, an original single file
     (``mm_sd_v15_v2.ckpt`` layout; ``single_file_config`` is a local folder with the adapter's
     ``config.json``, so nothing is fetched), or a fresh adapter from ``config`` with zeroed outputs."""
     if pretrained:
         _require_dir(pretrained, "a diffusers MotionAdapter (config.json + weights)", "model.motion_adapter.pretrained")
-        return MotionAdapter.from_pretrained(pretrained, local_files_only=True)
+        return MotionAdapter.from_pretrained(pretrained, variant=variant, local_files_only=True)
     if single_file:
         if not os.path.isfile(single_file):
             raise FileNotFoundError(f"model.motion_adapter.single_file={single_file!r}: no such file")
