@@ -159,3 +159,21 @@ def test_fp16_variant_folders_load(tmp_path):
     assert load_motion_adapter(str(tmp_path / "mm"), variant="fp16").config.use_motion_mid_block
     with pytest.raises((OSError, EnvironmentError, ValueError)):
         load_unet2d(str(tmp_path / "sd"))  # no plain diffusion_pytorch_model.safetensors in the folder
+
+
+def test_v1_single_file_without_mid_block_needs_the_matching_config(tmp_path):
+    """AnimateDiff v1 files have no mid-block motion module: with a v2 config (mid block on) the load names the
+    mismatch; with use_motion_mid_block=false it loads and reproduces the adapter."""
+    torch.manual_seed(0)
+    v1 = _perturb(MotionAdapter(**{**ADAPTER, "use_motion_mid_block": False}), seed=3)
+    v1.save_config(tmp_path / "v1_config")
+    MotionAdapter(**ADAPTER).save_config(tmp_path / "v2_config")
+    ckpt = tmp_path / "mm_tiny_v1.ckpt"
+    torch.save(to_animatediff_keys(v1.state_dict(), ADAPTER["motion_max_seq_length"]), ckpt)
+    assert not any(k.startswith("mid_block.") for k in torch.load(ckpt))
+    with pytest.raises(ValueError, match=r"has no mid-block motion module \(AnimateDiff v1\).*set it to false"):
+        load_motion_adapter(single_file=str(ckpt), single_file_config=str(tmp_path / "v2_config"))
+    loaded = load_motion_adapter(single_file=str(ckpt), single_file_config=str(tmp_path / "v1_config"))
+    assert not loaded.config.use_motion_mid_block
+    for k, v in v1.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)

@@ -98,10 +98,36 @@ def load_motion_adapter(
             "model.motion_adapter.single_file",
             "AnimateDiff motion modules (.ckpt/.safetensors of tensors)",
         )
+        check_motion_mid_block(state, single_file, single_file_config)
         return MotionAdapter.from_single_file(state, config=single_file_config, local_files_only=True)
     if not config:
         raise ValueError("model.motion_adapter: give `pretrained`, `single_file` or `config`")
     return zero_motion_outputs(MotionAdapter(**_plain(config)))
+
+
+def check_motion_mid_block(state: Mapping[str, torch.Tensor], single_file: str, config_dir: str) -> None:
+    """An original AnimateDiff file must agree with its config on the mid-block motion module.
+
+    v1 files (``mm_sd_v15.ckpt``) have none, v2/v3 files have ``mid_block.motion_modules.*``; a
+    ``config.json`` saying otherwise would leave the mid block randomly initialised or drop its weights,
+    so the mismatch is an error naming the key to set.
+    """
+    import json
+
+    has_mid = any(k.startswith("mid_block.") for k in state)
+    with open(os.path.join(config_dir, "config.json")) as f:
+        wants_mid = bool(json.load(f).get("use_motion_mid_block", True))  # MotionAdapter's default
+    if has_mid != wants_mid:
+        kind = (
+            "has a mid-block motion module (AnimateDiff v2/v3)"
+            if has_mid
+            else "has no mid-block motion module (AnimateDiff v1)"
+        )
+        raise ValueError(
+            f"model.motion_adapter.single_file={single_file!r} {kind}, but {config_dir}/config.json sets "
+            f"use_motion_mid_block={str(wants_mid).lower()}: set it to {str(has_mid).lower()} in that config "
+            f"(and model.motion_adapter.config.use_motion_mid_block={str(has_mid).lower()})"
+        )
 
 
 def widen_conv_in(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
