@@ -177,3 +177,60 @@ def test_v1_single_file_without_mid_block_needs_the_matching_config(tmp_path):
     assert not loaded.config.use_motion_mid_block
     for k, v in v1.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)
+
+
+def published_animatediff_keys(channels, layers, mid: bool, max_len: int) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of an original AnimateDiff motion-module file, written out from the published
+    module structure (guoyww/AnimateDiff ``animatediff/models/motion_module.py``: ``VanillaTemporalModule`` ->
+    ``temporal_transformer`` with ``norm``, ``proj_in``, ``transformer_blocks.<l>.attention_blocks.<a>``
+    (``to_q/to_k/to_v`` without bias, ``to_out.0``, ``pos_encoder.pe``), ``norms.<a>``, ``ff.net.0.proj``
+    (GEGLU), ``ff.net.2``, ``ff_norm``, then ``proj_out``), placed as ``down_blocks.<i>.motion_modules.<j>``,
+    ``up_blocks.<i>.motion_modules.<j>`` (one more per up block) and ``mid_block.motion_modules.0``; one
+    transformer block with two temporal self-attentions, as in the v2 files. Independent of any converter."""
+    places = [(f"down_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(channels) for j in range(layers)]
+    places += [
+        (f"up_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(channels[::-1]) for j in range(layers + 1)
+    ]
+    places += [("mid_block.motion_modules.0", channels[-1])] if mid else []
+    keys = {}
+    for place, c in places:
+        t = f"{place}.temporal_transformer"
+        keys |= {f"{t}.norm.weight": (c,), f"{t}.norm.bias": (c,), f"{t}.proj_in.weight": (c, c),
+                 f"{t}.proj_in.bias": (c,), f"{t}.proj_out.weight": (c, c), f"{t}.proj_out.bias": (c,)}  # fmt: skip
+        blk = f"{t}.transformer_blocks.0"
+        for a in range(2):
+            att = f"{blk}.attention_blocks.{a}"
+            keys |= {f"{att}.to_q.weight": (c, c), f"{att}.to_k.weight": (c, c), f"{att}.to_v.weight": (c, c),
+                     f"{att}.to_out.0.weight": (c, c), f"{att}.to_out.0.bias": (c,),
+                     f"{att}.pos_encoder.pe": (1, max_len, c),
+                     f"{blk}.norms.{a}.weight": (c,), f"{blk}.norms.{a}.bias": (c,)}  # fmt: skip
+        keys |= {f"{blk}.ff.net.0.proj.weight": (8 * c, c), f"{blk}.ff.net.0.proj.bias": (8 * c,),
+                 f"{blk}.ff.net.2.weight": (c, 4 * c), f"{blk}.ff.net.2.bias": (c,),
+                 f"{blk}.ff_norm.weight": (c,), f"{blk}.ff_norm.bias": (c,)}  # fmt: skip
+    return keys
+
+
+def test_single_file_with_the_published_key_names_fills_every_adapter_weight(tmp_path):
+    """Every tensor of a file laid out as the published checkpoints (names above, not our converter's inverse) gets a
+    distinct constant; after loading, every adapter parameter holds one of them and every one is used: nothing left
+    at its initial value, nothing dropped (the positional tables, recomputed by diffusers, aside)."""
+    keys = published_animatediff_keys(list(ADAPTER["block_out_channels"]), 1, True, ADAPTER["motion_max_seq_length"])
+    state = {k: torch.full(shape, float(i + 1)) for i, (k, shape) in enumerate(sorted(keys.items()))}
+    MotionAdapter(**ADAPTER).save_config(tmp_path / "cfg")
+    torch.save(state, tmp_path / "mm_published_layout.ckpt")
+    adapter = load_motion_adapter(single_file=str(tmp_path / "mm_published_layout.ckpt"),
+                                  single_file_config=str(tmp_path / "cfg"))  # fmt: skip
+    params = dict(adapter.named_parameters())
+    used = set()
+    for name, p in params.items():
+        values = p.detach().unique()
+        assert values.numel() == 1, f"{name} was not filled from the file (values {values[:4].tolist()})"
+        used.add(float(values[0]))
+    expected = {float(v.flatten()[0]) for k, v in state.items() if not k.endswith("pos_encoder.pe")}
+    assert used == expected and len(params) == len(expected), "a file tensor went unused or to two parameters"
+
+    renamed = dict(state)
+    renamed[k.replace("ff_norm", "ffnorm")] = renamed.pop(k := next(x for x in state if x.endswith("ff_norm.weight")))
+    torch.save(renamed, tmp_path / "mm_misnamed.ckpt")
+    with pytest.raises(ValueError, match=r"1 adapter weights missing from the file.*1 file tensors without a place"):
+        load_motion_adapter(single_file=str(tmp_path / "mm_misnamed.ckpt"), single_file_config=str(tmp_path / "cfg"))

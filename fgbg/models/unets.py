@@ -99,7 +99,9 @@ def load_motion_adapter(
             "AnimateDiff motion modules (.ckpt/.safetensors of tensors)",
         )
         check_motion_mid_block(state, single_file, single_file_config)
-        return MotionAdapter.from_single_file(state, config=single_file_config, local_files_only=True)
+        adapter = MotionAdapter.from_single_file(state, config=single_file_config, local_files_only=True)
+        check_single_file_keys(state, adapter, single_file)
+        return adapter
     if not config:
         raise ValueError("model.motion_adapter: give `pretrained`, `single_file` or `config`")
     return zero_motion_outputs(MotionAdapter(**_plain(config)))
@@ -127,6 +129,23 @@ def check_motion_mid_block(state: Mapping[str, torch.Tensor], single_file: str, 
             f"model.motion_adapter.single_file={single_file!r} {kind}, but {config_dir}/config.json sets "
             f"use_motion_mid_block={str(wants_mid).lower()}: set it to {str(has_mid).lower()} in that config "
             f"(and model.motion_adapter.config.use_motion_mid_block={str(has_mid).lower()})"
+        )
+
+
+def check_single_file_keys(state: Mapping[str, torch.Tensor], adapter: MotionAdapter, single_file: str) -> None:
+    """Strict loading: the file's tensors, renamed by diffusers' own AnimateDiff converter, must be exactly the
+    adapter's parameters (diffusers only warns about unused file tensors and leaves missing ones at their
+    initial values). Positional tables (``pos_encoder.pe``) are recomputed, not required."""
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    converted = set(convert_animatediff_checkpoint_to_diffusers(dict(state)))
+    params = {n for n, _ in adapter.named_parameters()}
+    missing, unexpected = sorted(params - converted), sorted(converted - set(adapter.state_dict()))
+    if missing or unexpected:
+        raise ValueError(
+            f"model.motion_adapter.single_file={single_file!r} does not match its config: {len(missing)} adapter "
+            f"weights missing from the file (e.g. {missing[:3]}), {len(unexpected)} file tensors without a place "
+            f"(e.g. {unexpected[:3]}); check model.motion_adapter.single_file_config (blocks, layers, mid block)"
         )
 
 
