@@ -21,6 +21,8 @@ import os
 import lightning as L
 import torch
 
+from fgbg.models.sharding import any_rank
+
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +54,8 @@ class NumericalGuard(L.Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # Local check (an FSDP2 shard's own elements: to_local), then one all-reduce: every rank decides alike.
         local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-        bad = torch.stack([~torch.isfinite(g).all() for g in local]).any().float() if local else torch.zeros(())
-        if bool(trainer.strategy.reduce(bad.to(pl_module.device), reduce_op="max") > 0):
+        bad = torch.stack([~torch.isfinite(g).all() for g in local]).any() if local else torch.zeros(())
+        if any_rank(bad.to(pl_module.device), trainer.strategy):
             log.warning("step %d: non-finite gradient on some rank, skipping the optimizer step", trainer.global_step)
             self._bad_grad = True
             optimizer.zero_grad(set_to_none=True)

@@ -553,12 +553,9 @@ class FgbgModule(L.LightningModule):
 
     def _nonfinite_on_any_rank(self, loss: torch.Tensor) -> bool:
         """True on every rank when ``loss`` is not finite on at least one (one all-reduce; single process: local)."""
-        flag = (~torch.isfinite(loss.detach())).any().float()
-        if self._trainer is not None:
-            flag = self.trainer.strategy.reduce(flag, reduce_op="max")
-        elif torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag > 0)
+        from fgbg.models.sharding import any_rank
+
+        return any_rank(~torch.isfinite(loss.detach()).all(), self._trainer.strategy if self._trainer else None)
 
     def _per_sample_loss(self, batch: Mapping) -> dict:
         """Mean of ``compute_loss`` over the samples one by one, each with its own seeded generator."""

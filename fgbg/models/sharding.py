@@ -129,6 +129,17 @@ def shard_model(
     return done
 
 
+def any_rank(flag: torch.Tensor, strategy=None) -> bool:
+    """True on every rank when the 0-d ``flag`` is non-zero on at least one: one all-reduce (max) through the
+    Lightning ``strategy`` when given, else ``torch.distributed`` when initialised, else the local value."""
+    flag = flag.detach().float()
+    if strategy is not None:
+        flag = strategy.reduce(flag, reduce_op="max")
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag > 0)
+
+
 def data_parallel_mesh(device: torch.device):
     """A 1-D ``DeviceMesh`` named ``fsdp`` over all ranks (collective: every rank calls it)."""
     from torch.distributed.device_mesh import init_device_mesh
