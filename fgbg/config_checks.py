@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fgbg.datamodules.clips import expand_shards
+from fgbg.utils.config import plain
 
 
 class ConfigError(ValueError):
@@ -21,10 +22,6 @@ class ConfigError(ValueError):
 
 def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return OmegaConf.select(cfg, key, default=default)
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def _number(value: Any) -> bool:
@@ -78,7 +75,7 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
         problems.append(f"data.min_tracks={lo!r}, data.max_tracks={hi!r}: expected integers with 1 <= min <= max")
 
-    dropout = _plain(_get(model, "cfg_dropout")) or {}
+    dropout = plain(_get(model, "cfg_dropout")) or {}
     if not isinstance(dropout, Mapping):
         problems.append(f"model.cfg_dropout={dropout!r}: expected a mapping condition -> rate in [0, 1]")
     else:
@@ -101,7 +98,7 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
 
     if check_paths and cfg.get("train", True):
         for key in ("train_shards", "val_shards"):
-            shards = _plain(_get(data, key))
+            shards = plain(_get(data, key))
             if shards is None:
                 if key == "train_shards":
                     problems.append("data.train_shards=None: expected a brace pattern or a list of existing .tar files")
@@ -117,7 +114,7 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
 
 def check_generate_config(cfg: DictConfig) -> None:
     """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0."""
-    guidance = _plain(cfg.get("guidance")) or {}
+    guidance = plain(cfg.get("guidance")) or {}
     problems = [
         f"guidance.{name}={scale!r}: expected a classifier-free guidance scale >= 0"
         for name, scale in (guidance.items() if isinstance(guidance, Mapping) else [("", guidance)])

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from fgbg.eval.metrics import LPIPS, frame_metrics, mask_iou, per_frame_metrics, person_mask_by_local_colour
-from fgbg.eval.weights import load_state_dict_file
+from fgbg.utils.weights import load_state_dict_file
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,7 +18,7 @@ from fgbg.eval.features import (
     frechet_distance_from_features,
     load_video_features,
 )
-from fgbg.eval.weights import load_state_dict_file
+from fgbg.utils.weights import load_state_dict_file
 
 
 @pytest.fixture(autouse=True, scope="module")

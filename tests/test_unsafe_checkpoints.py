@@ -11,8 +11,8 @@ import pytest
 import torch
 from diffusers import MotionAdapter
 
-from fgbg.eval.weights import load_state_dict_file
 from fgbg.models.unets import load_motion_adapter
+from fgbg.utils.weights import load_state_dict_file
 from tests.test_loading import ADAPTER
 
 FGBG = Path(__file__).resolve().parents[1] / "fgbg"

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from fgbg.eval.weights import load_state_dict_file, load_strict, require_file
+from fgbg.utils.weights import load_state_dict_file, load_strict, require_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from fgbg.eval.weights import load_state_dict_file, load_strict
+from fgbg.utils.weights import load_state_dict_file, load_strict
 
 REGIONS = ("person", "background")
 

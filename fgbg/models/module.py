@@ -47,7 +47,8 @@ from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import dilate, motion_hint
 from fgbg.models.person_hint import person_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
-from fgbg.models.unets import Denoiser, ReferenceNet, _plain, down_residual_specs
+from fgbg.models.unets import Denoiser, ReferenceNet, down_residual_specs
+from fgbg.utils.config import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class FgbgModule(L.LightningModule):
         self.person_hint_radius = person_hint_radius
         self.hint_mask_dilation = hint_mask_dilation
         self.link_prob = link_prob
-        self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | dict(_plain(cfg_dropout))
+        self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | plain_dict(cfg_dropout)
         unknown = set(self.cfg_dropout) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"model.cfg_dropout: unknown conditions {sorted(unknown)}; expected {CONDITIONS}")
@@ -196,7 +197,7 @@ class FgbgModule(L.LightningModule):
         # (per_sample_seed, step, sample key), so a global batch's gradient does not depend on its split over
         # ranks (tests/test_scale_ddp_equivalence.py). One forward pass per sample: slower, for checks.
         self.per_sample_seed = per_sample_seed
-        self.fsdp = _plain(fsdp)  # fgbg.models.sharding.shard_model kwargs, used under ModelParallelStrategy
+        self.fsdp = plain_dict(fsdp)  # fgbg.models.sharding.shard_model kwargs, used under ModelParallelStrategy
         self.fsdp_units: list[str] = []
         self.val_metrics = nn.ModuleDict({"loss": MeanMetric(), "loss_unweighted": MeanMetric()})
 
@@ -205,9 +206,9 @@ class FgbgModule(L.LightningModule):
         self.image_encoder = image_encoder
         self.noise_scheduler = noise_scheduler
         self.bank = ReferenceBank()
-        ref_cfg = _plain(referencenet)
+        ref_cfg = plain_dict(referencenet)
         self.referencenet = ReferenceNet(unet, self.bank, bool(ref_cfg.get("mask_input", False)), attention_backend)
-        cn_cfg = _plain(controlnet)
+        cn_cfg = plain_dict(controlnet)
         if cn_cfg.get("pretrained"):
             self.controlnet = ControlNetModel.from_pretrained(
                 cn_cfg["pretrained"], variant=cn_cfg.get("variant"), local_files_only=True
@@ -219,7 +220,7 @@ class FgbgModule(L.LightningModule):
             )
         set_processors(self.controlnet, attention_backend)
         specs, mid_spec = down_residual_specs(unet.config)
-        self.track_encoder = TrackEncoder(specs, mid_spec, latent.factor, **_plain(track_encoder))
+        self.track_encoder = TrackEncoder(specs, mid_spec, latent.factor, **plain_dict(track_encoder))
         self.hint_channels = (c + 1 if self.use_motion_hint else 0) + (c + 1 if person_hint else 0)
         self.denoiser = Denoiser(unet, motion_adapter, c + 1 + self.hint_channels, self.bank, attention_backend)
         if set(self.denoiser.reader_names) != set(self.referencenet.writer_names):

@@ -11,28 +11,14 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
-from fgbg.eval.weights import load_state_dict_file
 from fgbg.models.attention import ReferenceBank, set_processors
-
-
-def _plain(cfg: Mapping | None) -> dict[str, Any]:
-    """OmegaConf/Mapping -> plain dict with lists (diffusers configs dislike ListConfig)."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
+from fgbg.utils.config import plain_dict
+from fgbg.utils.weights import load_state_dict_file
 
 
 def _require_dir(path: str, what: str, key: str) -> None:
@@ -57,7 +43,7 @@ def load_unet2d(
         raise ValueError(
             "model.unet: give either `pretrained` (a local folder) or `config` (UNet2DConditionModel kwargs)"
         )
-    return UNet2DConditionModel(**_plain(config))
+    return UNet2DConditionModel(**plain_dict(config))
 
 
 def zero_motion_outputs(adapter: MotionAdapter) -> MotionAdapter:
@@ -104,7 +90,7 @@ def load_motion_adapter(
         return adapter
     if not config:
         raise ValueError("model.motion_adapter: give `pretrained`, `single_file` or `config`")
-    return zero_motion_outputs(MotionAdapter(**_plain(config)))
+    return zero_motion_outputs(MotionAdapter(**plain_dict(config)))
 
 
 def check_motion_mid_block(state: Mapping[str, torch.Tensor], single_file: str, config_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Loading metric-network weights from local files (nothing is ever downloaded)."""
+"""Loading weights from local files safely: safetensors or `weights_only` torch files, never code (nothing is downloaded)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,41 @@
+"""Config helpers shared by the models, the config checks and the apps, and where the Hydra configs live."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def _conf_dir() -> str:
+    """The folder holding ``train.yaml`` and the config groups.
+
+    A wheel or a non-editable install carries them as package data in ``fgbg/conf/`` (copied there from the
+    repository's top-level ``conf/`` by ``setup.py``'s ``build_py``); a source checkout or an editable install
+    reads the repository's ``conf/`` itself, so edits there take effect without reinstalling.
+    """
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "conf", package.parent / "conf"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    raise FileNotFoundError(
+        f"fgbg's configs are missing: neither {package / 'conf'} (installed package) nor {package.parent / 'conf'}"
+        " (source checkout) holds train.yaml; reinstall fgbg (`pip install .` or `make install`)"
+    )
+
+
+CONF_DIR = _conf_dir()  # absolute path, for @hydra.main(config_path=...) and initialize_config_dir
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers -> plain (resolved) dicts and lists; anything else unchanged."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def plain_dict(cfg: Mapping | None) -> dict[str, Any]:
+    """A config mapping -> a plain dict (diffusers configs dislike ``DictConfig`` / ``ListConfig``); None -> {}."""
+    return {} if cfg is None else dict(plain(cfg))
