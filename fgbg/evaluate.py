@@ -33,7 +33,7 @@ from fgbg.eval import colour_drift, colour_error, frame_metrics, seam_score, tra
 from fgbg.generate import load_model, model_data_settings, pick_device
 from fgbg.generation.motion import DrivingMotion
 from fgbg.generation.predictor import LongVideoPredictor
-from fgbg.train import CONF_DIR
+from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 

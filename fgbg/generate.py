@@ -31,7 +31,7 @@ from fgbg.generation.inputs import InputError, load_pose, load_reference
 from fgbg.generation.motion import DrivingMotion
 from fgbg.generation.predictor import LongVideoPredictor
 from fgbg.generation.sources import load_motion_arrays
-from fgbg.train import CONF_DIR
+from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 

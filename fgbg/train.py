@@ -16,7 +16,6 @@ import re
 import secrets
 import warnings
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -28,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgbg.callbacks.resume_state import checkpoint_safe_globals, load_checkpoint_meta, read_resume_record
 from fgbg.config_checks import check_train_config
+from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repo's conf/ (editable install)
 
 # Run folders get a random suffix so jobs started in the same second never collide.
 if not OmegaConf.has_resolver("fgbg_uid"):

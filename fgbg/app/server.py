@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgbg.app.examples import EXAMPLES_DIR
 from fgbg.app.request import Limits
-from fgbg.train import CONF_DIR
+from fgbg.utils.config import CONF_DIR
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model.safetensors"
 

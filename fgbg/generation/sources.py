@@ -143,7 +143,7 @@ def preprocess_driving_video(path: Path, out_dir: Path, preprocess_cfg) -> list[
     from omegaconf import OmegaConf
 
     from fgbg.preprocess import preprocess
-    from fgbg.train import CONF_DIR
+    from fgbg.utils.config import CONF_DIR
 
     # Paths are set after composing: an override string breaks on names with spaces, '=' or brackets.
     overrides = ["input=unset", "output=unset", "workers=1"]
