@@ -56,7 +56,8 @@ def write_video(frames: np.ndarray, path: str, fps: int = 8) -> str:
 
 class SampleVideoCallback(L.Callback):
     """Every ``every_n_steps`` (and at the end of fit) sample the first ``num_samples`` clips
-    of the first validation batch with ``num_inference_steps`` steps (EMA weights when an
+    of the first validation batch (of the first training batch when there is no validation data,
+    with a one-line notice) with ``num_inference_steps`` steps (EMA weights when an
     EMA callback runs). Writes ``{dirpath}/step{N:06d}.mp4`` (truth over sample, frames
     upscaled by ``scale``) and ``...sheet.png`` (truth and sample rows, pose and tracks drawn),
     and logs the video and sheet to wandb when a WandbLogger is attached.
@@ -84,24 +85,38 @@ class SampleVideoCallback(L.Callback):
         self.sampled_steps: list[int] = []
         self.num_inference_steps, self.scheduler, self.scale, self.seed = num_inference_steps, scheduler, scale, seed
         self._batch = None
+        self._train_batch = None  # first ``num_samples`` clips of the first training batch (fallback)
+        self._start_pending = False
         self.written: list[str] = []
 
+    def _first(self, batch: dict) -> dict:
+        n = self.num_samples
+        return {
+            k: (v[:n].detach().cpu().clone() if isinstance(v, torch.Tensor) else v[:n] if isinstance(v, list) else v)
+            for k, v in batch.items()
+        }
+
     def _get_batch(self, trainer):
-        """The first ``num_samples`` clips of rank 0's first validation batch, on every rank (None: no val data)."""
+        """The first ``num_samples`` clips of rank 0's first validation batch, on every rank; without
+        validation data, those of rank 0's first training batch (None: neither seen yet)."""
         if self._batch is None:
             batch = None
             if trainer.is_global_zero and trainer.datamodule is not None:
                 loader = trainer.datamodule.val_dataloader()  # [] without data.val_shards
                 batch = next(iter(loader), None) if loader is not None else None
-                if batch is None:
-                    log.warning("sample_video: no validation batch (data.val_shards), no samples are written")
-                else:
-                    n = self.num_samples
-                    batch = {k: (v[:n] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
+                if batch is not None:
+                    batch = self._first(batch)
+                elif self._train_batch is not None:
+                    log.info(
+                        "sample_video: no validation data (data.val_shards), samples come from the first training batch"
+                    )
+                    batch = self._train_batch
             if trainer.world_size > 1:
                 batch = trainer.strategy.broadcast(batch, src=0)
-            self._batch = batch if batch is not None else {}
-        return self._batch or None
+            if batch is None:  # before the first training batch: retry once it has been seen
+                return None
+            self._batch, self._train_batch = batch, None
+        return self._batch
 
     @torch.no_grad()
     def sample(self, trainer, pl_module) -> dict[str, str]:
@@ -156,7 +171,13 @@ class SampleVideoCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.gate.start(trainer)
-        if self.at_start:
+        self._start_pending = self.at_start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._batch is None and self._train_batch is None:
+            self._train_batch = self._first(batch)  # kept before training_step can alter the batch
+        if self._start_pending:  # at_start: before the first optimizer step, with the batch at hand
+            self._start_pending = False
             self.sample(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
