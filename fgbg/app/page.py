@@ -13,8 +13,7 @@ import logging
 import gradio as gr
 
 from fgbg.app.examples import DRIVING_EXAMPLES, reference_examples
-from fgbg.app.request import GenerationRequest, run_request
-from fgbg.app.server import PageSettings
+from fgbg.app.request import GenerationRequest, PageSettings, run_request
 from fgbg.generation.camera import KINDS as CAMERA_KINDS
 
 log = logging.getLogger(__name__)

@@ -52,6 +52,21 @@ class Limits:
 
 
 @dataclass
+class PageSettings:
+    """What the page needs besides the request: the composed generate config and limits.
+
+    Built by ``fgbg.app.server``, read by ``fgbg.app.page``; it lives here so neither imports the other.
+    """
+
+    base: DictConfig  # conf/generate.yaml with ckpt_path and the app's generate settings applied
+    limits: Limits
+    output_root: Path  # each request writes into its own new folder under this one
+    default_frames: int = 16
+    default_steps: int = 20
+    title: str = "fgbg: animate a person, move the background"
+
+
+@dataclass
 class GenerationRequest:
     """The page's controls. Paths are local files (Gradio's upload cache or bundled assets)."""
 

@@ -5,29 +5,16 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fgbg.app.examples import EXAMPLES_DIR
-from fgbg.app.request import Limits
+from fgbg.app.request import Limits, PageSettings
 from fgbg.utils.config import CONF_DIR
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model.safetensors"
-
-
-@dataclass
-class PageSettings:
-    """What the page needs besides the request: the composed generate config and limits."""
-
-    base: DictConfig  # conf/generate.yaml with ckpt_path and the app's generate settings applied
-    limits: Limits
-    output_root: Path  # each request writes into its own new folder under this one
-    default_frames: int = 16
-    default_steps: int = 20
-    title: str = "fgbg: animate a person, move the background"
 
 
 class AppConfigError(ValueError):
