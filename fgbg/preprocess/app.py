@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fgbg.preprocess.decode import VIDEO_EXTENSIONS
 from fgbg.preprocess.pipeline import Backends, VideoSource, build_backends, process_video, video_shards
+from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ FINISHED = ("done", "skipped")
 # Keys that do not change what is written: they are left out of the settings a manifest is tied to.
 _RUN_KEYS = ("input", "output", "workers", "part", "overwrite")
 _LIST_SUFFIXES = (".txt", ".lst", ".list")
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's conf/ (editable install)
 
 
 def video_id_for(relative: str) -> str:

@@ -20,10 +20,9 @@ from fgbg.data.schema import Clip
 from fgbg.data.shards import ClipShardWriter, iter_clips
 from fgbg.synth.config import SynthConfig, to_synth_config
 from fgbg.synth.world import synthesize_video
+from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
-# absolute, so Hydra finds the repo's conf/ both for `fgbg-synth` and `python -m fgbg.synth`
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _videos(cfg: SynthConfig) -> Iterator[list[Clip]]:
