@@ -33,7 +33,8 @@ def test_two_job_multirun_gives_two_runs_with_wandb_sample_videos(tmp_path):
         [sys.executable, "-m", "fgbg.train", "-m", "experiment=synthetic_tiny_image", "debug=default",
          "model.optimizer.lr=1e-4,2e-4", "logger=csv_wandb", f"paths.log_dir={tmp_path / 'logs'}",
          f"data.train_shards={shard}", f"data.val_shards={shard}", "data.resolution=32",
-         "callbacks.sample_video.num_inference_steps=2", "extras.print_config=false"],
+         "callbacks.sample_video.num_inference_steps=2", "callbacks.sample_video.at_end=true",
+         "extras.print_config=false"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -55,12 +55,13 @@ def write_video(frames: np.ndarray, path: str, fps: int = 8) -> str:
 
 
 class SampleVideoCallback(L.Callback):
-    """Every ``every_n_steps`` (and at the end of fit) sample the first ``num_samples`` clips
+    """Every ``every_n_steps`` (0: never) and at the end of fit (unless ``at_end`` is false) sample the first ``num_samples`` clips
     of the first validation batch (of the first training batch when there is no validation data,
     with a one-line notice) with ``num_inference_steps`` steps (EMA weights when an
     EMA callback runs). Writes ``{dirpath}/step{N:06d}.mp4`` (truth over sample, frames
     upscaled by ``scale``) and ``...sheet.png`` (truth and sample rows, pose and tracks drawn),
-    and logs the video and sheet to wandb when a WandbLogger is attached.
+    and logs the video and sheet through each ``WandbLogger``'s ``log_video`` / ``log_image`` at the
+    trainer's global step (Lightning's ``trainer/global_step`` axis, so no wandb row is dropped).
 
     Fires once per due optimizer step (not once per micro-batch under ``accumulate_grad_batches``),
     never at step 0 unless ``at_start``. Every rank samples (under FSDP the forward passes gather
@@ -78,9 +79,10 @@ class SampleVideoCallback(L.Callback):
         scale: int = 4,
         seed: int = 0,
         at_start: bool = False,
+        at_end: bool = True,
     ):
         self.dirpath, self.every_n_steps, self.num_samples = dirpath, every_n_steps, num_samples
-        self.at_start = at_start
+        self.at_start, self.at_end = at_start, at_end
         self.gate = OptimizerStepGate()
         self.sampled_steps: list[int] = []
         self.num_inference_steps, self.scheduler, self.scale, self.seed = num_inference_steps, scheduler, scale, seed
@@ -161,12 +163,9 @@ class SampleVideoCallback(L.Callback):
         video_path = write_video(grid, os.path.join(self.dirpath, f"step{step:06d}.mp4"))
         self.written += [sheet_path, video_path]
         for logger in trainer.loggers:
-            if isinstance(logger, L.pytorch.loggers.WandbLogger):
-                import wandb
-
-                logger.experiment.log(
-                    {"samples/video": wandb.Video(video_path), "samples/sheet": wandb.Image(sheet_path)}, step=step
-                )
+            if isinstance(logger, L.pytorch.loggers.WandbLogger):  # rows keyed by trainer/global_step = step
+                logger.log_video("samples/video", [video_path], step=step)
+                logger.log_image("samples/sheet", [sheet_path], step=step)
         return {"sheet": sheet_path, "video": video_path}
 
     def on_train_start(self, trainer, pl_module):
@@ -185,5 +184,5 @@ class SampleVideoCallback(L.Callback):
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        if not self.sampled_steps or self.sampled_steps[-1] != trainer.global_step:
+        if self.at_end and not self.sampled_steps or self.sampled_steps[-1] != trainer.global_step:
             self.sample(trainer, pl_module)
