@@ -184,5 +184,5 @@ class SampleVideoCallback(L.Callback):
             self.sample(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        if self.at_end and not self.sampled_steps or self.sampled_steps[-1] != trainer.global_step:
+        if self.at_end and (not self.sampled_steps or self.sampled_steps[-1] != trainer.global_step):
             self.sample(trainer, pl_module)
