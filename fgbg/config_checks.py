@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from fgbg.datamodules.clips import expand_shards
 from fgbg.utils.config import plain
 
+TRAIN_EXTRAS = ("ignore_warnings", "print_config")  # conf/extras/default.yaml, applied by fgbg.train.apply_extras
+
 
 class ConfigError(ValueError):
     """One or more config values are out of range; the message lists each as ``key=value: allowed``."""
@@ -48,7 +50,8 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     Checks: ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
     data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; no epsilon prediction with
-    ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); with ``check_paths``,
+    ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
+    :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files.
     """
     problems: list[str] = []
@@ -95,6 +98,12 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     link_prob = _get(model, "link_prob", 0.0)
     if not (_number(link_prob) and 0 <= link_prob <= 1):
         problems.append(f"model.link_prob={link_prob!r}: expected a probability in [0, 1]")
+
+    for key, value in (plain(cfg.get("extras")) or {}).items():
+        if key not in TRAIN_EXTRAS:
+            problems.append(f"extras.{key}={value!r}: unknown; fgbg-train reads {', '.join(TRAIN_EXTRAS)}")
+        elif not isinstance(value, bool):
+            problems.append(f"extras.{key}={value!r}: expected true or false")
 
     if check_paths and cfg.get("train", True):
         for key in ("train_shards", "val_shards"):

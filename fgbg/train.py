@@ -122,13 +122,23 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return path
 
 
+def apply_extras(cfg: DictConfig) -> None:
+    """``conf/extras``: ``ignore_warnings`` silences Python warnings for the run (as lightning-hydra-template
+    does); ``print_config`` logs the resolved config. Keys are checked by ``check_train_config``."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        log.info("extras.ignore_warnings=true: Python warnings are not shown")
+        warnings.filterwarnings("ignore")
+    if extras.get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Check ``cfg``; build data, model, callbacks, loggers and trainer from it; fit; return the final metrics."""
     check_train_config(cfg)  # ranges, shapes and shard paths, before anything heavy is built
+    apply_extras(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    if cfg.extras.get("print_config"):
-        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
     log.info(
