@@ -133,9 +133,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     if (out_dir / "metrics.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; choose another output_dir or set overwrite=true")
-    shards = expand_shards(
-        OmegaConf.to_container(cfg.data.val_shards) if not isinstance(cfg.data.val_shards, str) else cfg.data.val_shards
-    )
+    val = cfg.data.val_shards  # a manifest gives the held-out videos of its split
+    shards = expand_shards(val if isinstance(val, str) else OmegaConf.to_container(val), split="val")
     data = model_data_settings(cfg.ckpt_path)
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
