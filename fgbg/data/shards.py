@@ -4,6 +4,10 @@ Writing goes through webdataset's ``TarWriter`` into a temporary file that is
 renamed to its final name only once the shard is complete, so a crash or a
 full disk never leaves a half shard that looks finished.
 
+Shard sources (:func:`expand_shards`): a brace pattern, a glob, a folder, a preprocessing
+``manifest.json``, a text file of URLs, or remote URLs (``pipe:``, ``http(s)://``, ...) that are
+read through webdataset's own opener (``wds.gopen``) with the same safe decoding as local files.
+
 Reading never unpickles: tar members are grouped by key and each known file is
 decoded by an explicit decoder (``schema.decode_clip``).  A truncated or
 corrupt shard, a sample with a missing key, or one whose arrays disagree with
@@ -13,16 +17,19 @@ counted in a ``SkipCounter`` that worker processes share.
 
 from __future__ import annotations
 
+import glob
 import logging
 import multiprocessing as mp
 import os
+import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
+from fgbg.data.manifest import manifest_shards
 from fgbg.data.schema import Clip, SampleError, decode_clip, encode_clip
 
 log = logging.getLogger(__name__)
@@ -136,15 +143,171 @@ class ClipShardWriter:
             self.abort()
 
 
-def iter_tar_groups(url: str, stream=None) -> Iterator[dict[str, Any]]:
-    """Yield ``{"__key__", "__url__", ext: bytes, ...}`` groups from one tar shard.
+# -- shard sources -------------------------------------------------------------------------
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB_CHARS = re.compile(r"[*?[]")
+SOURCE_KINDS = (
+    "a brace pattern (data/train-{000000..000009}.tar), a glob (data/*.tar), a folder, a preprocessing "
+    "manifest.json, a text file of URLs (.txt/.lst/.list, one a line), a remote URL (pipe:CMD, http(s)://...), "
+    "or a list of those"
+)
 
-    Raises ``tarfile.TarError`` / ``OSError`` / ``EOFError`` on a corrupt shard;
-    the partial group being read when the error happened is never yielded.
+
+def is_remote(url: str) -> bool:
+    """``pipe:`` commands and ``scheme://`` URLs other than ``file://``: opened with ``wds.gopen``."""
+    match = _SCHEME.match(url)
+    return url.startswith("pipe:") or (match is not None and match[1].lower() != "file")
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://") :] if url.lower().startswith("file://") else url
+
+
+def _check_remote_scheme(url: str, source: str) -> None:
+    from webdataset.gopen import gopen_schemes
+
+    if url.startswith("pipe:"):
+        if not url[5:].strip():
+            raise ValueError(f"shard source {source!r}: empty pipe: command")
+        return
+    scheme = _SCHEME.match(url)[1].lower()
+    if scheme not in gopen_schemes:
+        raise ValueError(
+            f"shard source {source!r}: webdataset cannot open {scheme}:// URLs "
+            f"(it opens {', '.join(sorted(k + '://' for k in gopen_schemes if k not in ('__default__', 'pipe')))} "
+            f"and pipe:); read them through a pipe, e.g. 'pipe:aws s3 cp {url} -' for s3://"
+        )
+
+
+def open_shard(url: str):
+    """A binary stream of the shard: a local file, or ``wds.gopen``'s stream for a remote URL."""
+    if is_remote(url):
+        return wds.gopen(url, "rb")
+    return open(_local_path(url), "rb")
+
+
+def _close_quietly(stream) -> None:
+    try:
+        stream.close()
+    except Exception:  # a pipe closed early exits with SIGPIPE; that is not an error of the data
+        pass
+
+
+def probe_shard(url: str) -> None:
+    """Read the first tar header of ``url``; raises ``FileNotFoundError`` naming it when that fails
+    (an unreachable URL, a failing pipe command, an empty stream, not a tar file)."""
+    stream = None
+    try:
+        stream = open_shard(url)
+        head = stream.read(tarfile.BLOCKSIZE)
+        if len(head) < tarfile.BLOCKSIZE:
+            raise OSError(f"read {len(head)} bytes, fewer than one tar header")
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except (OSError, ValueError, tarfile.TarError) as err:
+        raise FileNotFoundError(f"cannot read shard {url!r}: {type(err).__name__}: {err}") from None
+    finally:
+        if stream is not None:
+            _close_quietly(stream)
+
+
+def _expand_one(item: str, split: str | None, base: Path | None, depth: int) -> list[str]:
+    """One source string -> shard URLs/paths (existence of plain paths is checked by the caller)."""
+    if depth > 4:
+        raise ValueError(f"shard source {item!r}: lists of lists nested more than 4 deep")
+    item = item.strip()
+    if not item:
+        return []
+    if is_remote(item):
+        urls = wds.shardlists.expand_urls(item)  # pipe:curl -s http://h/train-{000..009}.tar: 10 commands
+        for url in urls:
+            _check_remote_scheme(url, item)
+        return urls
+    out: list[str] = []
+    for pattern in wds.shardlists.expand_urls(_local_path(item)):
+        path = Path(pattern).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if _GLOB_CHARS.search(pattern):
+            found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"no shards match the glob {pattern!r} (source {item!r})")
+            for p in found:
+                out += _expand_one(p, split, None, depth + 1) if p.endswith(".json") else [p]
+        elif path.is_dir():
+            manifests = sorted(path.glob("manifest*.json"))
+            if manifests:
+                for m in manifests:
+                    out += manifest_shards(m, split)
+            else:
+                found = sorted(str(p) for p in path.rglob("*.tar") if p.is_file())
+                if not found:
+                    raise FileNotFoundError(f"folder {str(path)!r} holds no manifest*.json and no .tar shards")
+                out += found
+        elif path.suffix == ".json":
+            if not path.is_file():
+                raise FileNotFoundError(f"no such manifest {str(path)!r}")
+            out += manifest_shards(path, split)
+        elif path.suffix.lower() in LIST_SUFFIXES:
+            if not path.is_file():
+                raise FileNotFoundError(f"no such list of shards {str(path)!r}")
+            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            lines = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not lines:
+                raise ValueError(f"list of shards {str(path)!r} names no shard (blank lines and # comments only)")
+            for line in lines:
+                out += _expand_one(line, split, path.parent, depth + 1)
+        else:
+            out.append(str(path))
+    return out
+
+
+def expand_shards(
+    shards: str | Sequence[str], check_exist: bool = True, split: str | None = None, allow_empty: bool = False
+) -> list[str]:
+    """A shard source (:data:`SOURCE_KINDS`) -> the list of shard paths and URLs it names, in order.
+
+    ``split`` (``train`` / ``val``) picks that side of a manifest's held-out-by-video split (a manifest
+    without one: all for ``train``, none for ``val``); other sources are taken whole. With
+    ``check_exist``, every local shard must exist and the first remote one must answer with a tar header
+    (``FileNotFoundError`` naming it). Nothing found raises ``ValueError`` naming the source, unless
+    ``allow_empty`` (a manifest's empty ``val`` side).
+    """
+    items = [shards] if isinstance(shards, str) else [str(s) for s in shards]
+    urls = [u for item in items for u in _expand_one(item, split, None, 0)]
+    if not urls:
+        if allow_empty:
+            return []
+        if split == "val":
+            raise ValueError(
+                f"no held-out shards in {shards!r}: a manifest without a split holds out no video (write one "
+                "with fgbg-preprocess ... split_val=0.05 or python -m fgbg.data.manifest MANIFEST --val 0.05)"
+            )
+        raise ValueError(f"no shards in {shards!r}: expected {SOURCE_KINDS}")
+    if check_exist:
+        missing = [u for u in urls if not is_remote(u) and not Path(_local_path(u)).is_file()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(urls)} shards of {shards!r} do not exist: {missing[:3]}{more}"
+            )
+        remote = [u for u in urls if is_remote(u)]
+        if remote:
+            probe_shard(remote[0])
+    return [_local_path(u) for u in urls]
+
+
+def iter_tar_groups(url: str, stream=None) -> Iterator[dict[str, Any]]:
+    """Yield ``{"__key__", "__url__", ext: bytes, ...}`` groups from one tar shard (a local path or a
+    remote URL, see :func:`open_shard`).
+
+    Raises ``tarfile.TarError`` / ``OSError`` / ``EOFError`` on a corrupt shard (for a remote URL also
+    when its command or download fails); the partial group being read when the error happened is never
+    yielded.
     """
     close = stream is None
     if stream is None:
-        stream = open(url, "rb")
+        stream = open_shard(url)
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tf:
             current: dict[str, Any] | None = None
@@ -170,17 +333,22 @@ def iter_tar_groups(url: str, stream=None) -> Iterator[dict[str, Any]]:
                 current[ext] = data
             if current is not None:
                 yield current
+        if close and is_remote(url):
+            stream.close()  # a failed download or pipe command raises here (OSError): the shard is incomplete
     finally:
         if close:
-            stream.close()
+            _close_quietly(stream)
 
 
 def count_tar_groups(url: str) -> int:
-    """Number of samples (groups of members sharing a key, as :func:`iter_tar_groups` forms them) in a local
-    shard, from the tar headers alone (no member is read). A corrupt shard counts what precedes the damage."""
+    """Number of samples (groups of members sharing a key, as :func:`iter_tar_groups` forms them) in a
+    shard, from the tar headers alone (a local shard's members are not read; a remote one is streamed
+    through once). A corrupt shard counts what precedes the damage."""
     count, last = 0, None
+    stream = None
     try:
-        with tarfile.open(url, mode="r:*") as tf:
+        stream = open_shard(url)
+        with tarfile.open(fileobj=stream, mode="r|*" if is_remote(url) else "r:*") as tf:
             for member in tf:
                 base = os.path.basename(member.name)
                 if not member.isfile() or "." not in base:
@@ -188,8 +356,11 @@ def count_tar_groups(url: str) -> int:
                 key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
                 if key != last:
                     count, last = count + 1, key
-    except (tarfile.TarError, OSError, EOFError):
+    except (tarfile.TarError, OSError, EOFError, ValueError):
         pass
+    finally:
+        if stream is not None:
+            _close_quietly(stream)
     return count
 
 

@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -50,31 +49,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fgbg.data.conditioning import build_conditions, collate_conditions, select_tracks
 from fgbg.data.schema import Clip
-from fgbg.data.shards import SkipCounter, count_tar_groups, iter_clips
+from fgbg.data.shards import SOURCE_KINDS, SkipCounter, count_tar_groups, expand_shards, iter_clips
 from fgbg.data.transforms import augment_clip, fit_clip
 
 log = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("random", "first", "window_first")
-
-
-def expand_shards(shards: str | Sequence[str], check_exist: bool = True) -> list[str]:
-    """Brace pattern(s) such as ``data/train-{000000..000009}.tar`` -> list of paths.
-
-    Raises ``FileNotFoundError`` naming the missing local files.
-    """
-    items = [shards] if isinstance(shards, str) else [str(s) for s in shards]
-    urls = [u for item in items for u in wds.shardlists.expand_urls(item)]
-    if not urls:
-        raise ValueError(f"no shards in {shards!r}: expected a brace pattern or a list of .tar paths")
-    if check_exist:
-        missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(urls)} shards of {shards!r} do not exist: {missing[:3]}{more}"
-            )
-    return urls
 
 
 def _take_frames(clip: Clip, index: Sequence[int]) -> Clip:
@@ -444,6 +424,7 @@ class ClipDataModule(pl.LightningDataModule):
         self._rank_override = rank
         self._world_override = world_size
         self.skip_counter = SkipCounter()
+        self._val_noticed = False
 
     # -- distributed context ------------------------------------------------------------
     def rank_and_world(self) -> tuple[int, int]:
@@ -534,7 +515,7 @@ class ClipDataModule(pl.LightningDataModule):
     # -- loaders --------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_shards is None:
-            raise ValueError("data.train_shards is not set: give a brace pattern like data/train-{000000..000009}.tar")
+            raise ValueError(f"data.train_shards is not set: give {SOURCE_KINDS}")
         _ = self.batch_size  # fail early on an indivisible global batch size
 
     def _loader(self, dataset: ClipStream) -> DataLoader:
@@ -552,14 +533,14 @@ class ClipDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.train_shards is None:
-            raise ValueError("data.train_shards is not set: give a brace pattern like data/train-{000000..000009}.tar")
+            raise ValueError(f"data.train_shards is not set: give {SOURCE_KINDS}")
         rank, world = self.rank_and_world()
         epoch, done = self.train_position()
         self._check_restored(epoch, done)
         if done:
             log.info("training data resumes at epoch %d, batch %d of %d", epoch, done, self.batches_per_rank)
         stream = ClipStream(
-            expand_shards(self.train_shards),
+            expand_shards(self.train_shards, split="train"),
             self.builder,
             batch_size=self.batch_size,
             train=True,
@@ -574,12 +555,32 @@ class ClipDataModule(pl.LightningDataModule):
         )
         return self._loader(stream)
 
+    def val_urls(self) -> list[str]:
+        """The validation shards: ``data.val_shards`` (a manifest gives the held-out side of its split);
+        [] without any, with a one-line notice (once)."""
+        urls = [] if self.val_shards is None else expand_shards(self.val_shards, split="val", allow_empty=True)
+        if not self._val_noticed:
+            self._val_noticed = True
+            if self.val_shards is None:
+                pass  # SampleVideoCallback says where its samples come from instead
+            elif not urls:
+                log.warning(
+                    "data.val_shards=%r holds no held-out videos (a manifest without a split: write one with "
+                    "fgbg-preprocess ... split_val=0.05 or python -m fgbg.data.manifest MANIFEST --val 0.05); "
+                    "training runs without validation",
+                    self.val_shards,
+                )
+            elif self.train_shards is not None and set(urls) == set(expand_shards(self.train_shards, split="train")):
+                log.warning("data.val_shards names the training shards themselves: validation is not held out")
+        return urls
+
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_shards is None:
+        urls = self.val_urls()
+        if not urls:
             return []  # Lightning skips validation
         rank, world = self.rank_and_world()
         stream = ClipStream(
-            expand_shards(self.val_shards),
+            urls,
             self.builder,
             batch_size=self.val_batch_size or self.batch_size,
             train=False,
