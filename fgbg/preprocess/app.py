@@ -18,9 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-import os
 import re
-import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,16 +28,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fgbg.data.manifest import MANIFEST_VERSION, finished_videos, with_split, write_json_atomic
 from fgbg.preprocess.decode import VIDEO_EXTENSIONS
 from fgbg.preprocess.pipeline import Backends, VideoSource, build_backends, process_video, video_shards
 from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
 FINISHED = ("done", "skipped")
 # Keys that do not change what is written: they are left out of the settings a manifest is tied to.
-_RUN_KEYS = ("input", "output", "workers", "part", "overwrite")
+_RUN_KEYS = ("input", "output", "workers", "part", "overwrite", "split_val", "split_seed")
 _LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
@@ -113,15 +111,6 @@ def settings_of(cfg: DictConfig) -> dict:
     return {k: v for k, v in container.items() if k not in _RUN_KEYS and k != "hydra"}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Manifest:
     """``{"version", "settings", "videos": {video_id: entry}}`` kept on disk after every change."""
 
@@ -143,7 +132,14 @@ class Manifest:
                     f"{path} was written with different settings (changed: {changed}); "
                     "use another output folder, or overwrite=true to redo every video"
                 )
+            if old.get("version") != MANIFEST_VERSION:
+                raise ValueError(
+                    f"{path} has manifest version {old.get('version')!r}, this fgbg writes version "
+                    f"{MANIFEST_VERSION}: use another output folder, or overwrite=true to redo every video"
+                )
             self.data["videos"] = old.get("videos", {})
+            if "split" in old:
+                self.data["split"] = old["split"]
 
     def finished(self) -> set[str]:
         return {vid for vid, e in self.data["videos"].items() if e.get("status") in FINISHED}
@@ -151,6 +147,14 @@ class Manifest:
     def record(self, entry: dict) -> None:
         self.data["videos"][entry["video_id"]] = entry
         write_json_atomic(self.path, self.data)
+
+    def split(self, val_fraction: float, seed: int) -> None:
+        """Hold out ``val_fraction`` of the finished videos for validation (``fgbg.data.manifest``)."""
+        self.data = with_split(self.data, val_fraction, seed)
+        write_json_atomic(self.path, self.data)
+        held_out = len(self.data.get("split", {}).get("val", []))
+        log.info("split by video: %d of %d finished videos held out for validation", held_out,
+                 len(finished_videos(self.data)))  # fmt: skip
 
 
 def finished_elsewhere(out_dir: Path, own: Path, settings: dict) -> set[str]:
@@ -215,6 +219,9 @@ def _log_entry(done: int, total: int, entry: dict) -> None:
 def preprocess(cfg: DictConfig) -> dict:
     """Process every unfinished video of ``cfg.input`` into ``cfg.output``; returns the manifest data."""
     part = parse_part(cfg.part)
+    split_val = cfg.get("split_val")
+    if split_val is not None and not (isinstance(split_val, (int, float)) and 0 <= split_val < 1):
+        raise ValueError(f"split_val={split_val!r}: expected null or a fraction of videos in [0, 1), e.g. 0.05")
     sources = select_part(list_videos(cfg.input), part)  # bad input fails before anything is written
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +260,8 @@ def preprocess(cfg: DictConfig) -> dict:
                     ) from err
                 manifest.record(entry)
                 _log_entry(n, len(todo), entry)
+    if split_val is not None:
+        manifest.split(float(split_val), int(cfg.get("split_seed", 0)))
     videos = manifest.data["videos"]
     counts = {s: sum(e["status"] == s for e in videos.values()) for s in ("done", "skipped", "failed")}
     frames = sum(videos[s.video_id].get("frames_processed", 0) for s in todo if s.video_id in videos)
