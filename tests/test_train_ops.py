@@ -1,0 +1,94 @@
+"""fgbg-train operations: checkpoint retention (keep_last_k, last.ckpt, resume=auto), extras, debug samples nothing."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from fgbg.callbacks.checkpoint import KeepLastCheckpoint
+from fgbg.config_checks import ConfigError, check_train_config
+from fgbg.train import CONF_DIR, apply_extras, train
+from tests.test_train import FAST
+
+
+def compose_run(tmp_path: Path, shard: str, overrides: list[str]):
+    """The tiny image-stage config on ``shard``, run folder ``tmp_path``, Hydra's runtime set as the CLI would."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=synthetic_tiny_image", f"data.train_shards={shard}", "data.val_shards=null",
+                       *FAST, "trainer.val_check_interval=null", "trainer.limit_val_batches=0", "logger=csv",
+                       *overrides],
+            return_hydra_config=True,
+        )  # fmt: skip
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def ckpt_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_keep_last_k_keeps_the_newest_k_and_last_ckpt_across_a_resume(tmp_path, synth_shard, caplog):
+    every_step = ["callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.keep_last_k=2",
+                  "callbacks.sample_video.at_end=false"]  # fmt: skip
+    train(compose_run(tmp_path, synth_shard, ["trainer.max_steps=4", *every_step]))
+    assert ckpt_names(tmp_path) == ["last.ckpt", "step000003.ckpt", "step000004.ckpt"]
+
+    caplog.set_level("INFO", logger="fgbg.train")
+    train(compose_run(tmp_path, synth_shard, ["trainer.max_steps=5", "resume=auto", *every_step]))
+    assert "resume=auto: resuming from" in caplog.text and "(step 4)" in caplog.text
+    # the set restored from the step-4 checkpoint keeps rolling: step 3 is deleted, not left behind
+    assert ckpt_names(tmp_path) == ["last.ckpt", "step000004.ckpt", "step000005.ckpt"]
+
+
+def test_keep_last_checkpoint_refuses_what_keep_last_k_sets(tmp_path):
+    default, only_last = KeepLastCheckpoint(dirpath=str(tmp_path)), KeepLastCheckpoint(keep_last_k=0)
+    assert (default.save_top_k, default.save_last, default.monitor, default.mode) == (3, True, "step", "max")
+    assert (only_last.save_top_k, only_last.save_last) == (0, True)  # Lightning then writes last.ckpt alone
+    with pytest.raises(ValueError, match=r"\['save_top_k'\] are set by keep_last_k"):
+        KeepLastCheckpoint(dirpath=str(tmp_path), save_top_k=5)
+    with pytest.raises(ValueError, match="keep_last_k=-2: expected an integer >= 0, or -1"):
+        KeepLastCheckpoint(keep_last_k=-2)
+
+
+def test_debug_samples_nothing_and_keep_last_k_bounds_the_checkpoints(tmp_path, synth_shard):
+    """One debug run (2 steps): no sample at all, not even at the end of fit; a checkpoint at every step with
+    keep_last_k=1 leaves last.ckpt and the newest step checkpoint only."""
+    cfg = compose_run(
+        tmp_path, synth_shard,
+        ["debug=default", "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.keep_last_k=1"],
+    )  # fmt: skip
+    assert cfg.trainer.max_steps == 2 and cfg.callbacks.sample_video.at_end is False
+    train(cfg)
+    assert ckpt_names(tmp_path) == ["last.ckpt", "step000002.ckpt"]
+    assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
+
+
+def test_extras_ignore_warnings_silences_warnings_and_unknown_extras_are_refused(tmp_path, synth_shard):
+    cfg = compose_run(tmp_path, synth_shard, ["extras.ignore_warnings=true"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        apply_extras(cfg)
+        warnings.warn("not actionable", UserWarning, stacklevel=1)
+    assert seen == []
+    cfg = compose_run(tmp_path, synth_shard, [])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        apply_extras(cfg)
+        warnings.warn("shown", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["shown"]
+
+    bad = compose_run(tmp_path, synth_shard, ["+extras.enforce_tags=true", "extras.print_config=yes"])
+    with pytest.raises(ConfigError) as err:
+        check_train_config(bad, check_paths=False)
+    assert "extras.enforce_tags=True: unknown; fgbg-train reads ignore_warnings, print_config" in str(err.value)
+    assert "extras.print_config='yes': expected true or false" in str(err.value)
