@@ -148,6 +148,13 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
     ref_kp = None
     if cfg.reference_keypoints == "auto":
         ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+    elif cfg.reference_keypoints is None:  # default: estimated, as training always gives the person hint a pose
+        try:
+            ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+        except InputError as err:
+            log.warning("%s: generating without the person hint (reference_keypoints=none says so quietly)", err)
+    elif cfg.reference_keypoints == "none":
+        pass
     elif cfg.reference_keypoints and str(cfg.reference_keypoints).endswith(".tar"):
         # A shard: its first sample's first-frame pose (the reference image is that frame, e.g. the examples).
         ref_kp = load_motion_arrays(cfg.reference_keypoints, height, width, cfg.fit)["pose"][0].copy()
