@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fgbg.data.manifest import MANIFEST_VERSION, main as manifest_main, manifest_shards, split_by_video
+from fgbg.data.manifest import MANIFEST_VERSION, manifest_shards, split_by_video
+from fgbg.data.manifest import main as manifest_main
 from fgbg.data.shards import ClipShardWriter, SkipCounter, count_tar_groups, expand_shards, iter_clips
 from fgbg.datamodules import ClipDataModule
 from tests.conftest import random_clip
