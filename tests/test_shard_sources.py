@@ -214,3 +214,24 @@ def test_datamodule_validates_on_the_held_out_videos_only(tmp_path, caplog):
                                           batch_size=2, num_workers=0, max_tracks=12, min_tracks=1, rank=0,
                                           world_size=1).val_dataloader() for k in b["key"]]  # fmt: skip
     assert sorted(val_keys) == [f"{v}_{c:05d}" for v in held_out for c in range(2)]
+
+
+def test_bad_sources_stop_fgbg_train_before_training(shards, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from fgbg.config_checks import ConfigError, check_train_config
+    from fgbg.utils.config import CONF_DIR
+
+    old = json.loads((shards / "manifest.json").read_text())
+    (tmp_path / "v0.json").write_text(json.dumps({**old, "version": 0}))
+    bad = {
+        f"{tmp_path}/nothing-*.tar": r"data.train_shards: no shards match the glob",
+        str(tmp_path / "v0.json"): r"data.train_shards: manifest '.*v0.json' has version 0",
+        f"http://127.0.0.1:{free_port()}/x.tar": r"data.train_shards: cannot read shard 'http://127.0.0.1:\d+/x.tar'",
+    }
+    for source, message in bad.items():
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=["experiment=synthetic_tiny_image", "data=shards",
+                                              f"data.train_shards={source}"])  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            check_train_config(cfg)
