@@ -100,9 +100,14 @@ demo-train: $(STAMP) ## Reproduce the demo model: the claims benchmark's full mo
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
 
-learn-check: $(STAMP) ## Learning checks (a)-(d) of the latest synthetic_tiny_image run on held-out clips (WEIGHTS=... to choose)
+# The newest stage-image weights that `fgbg-train experiment=synthetic_tiny_image` wrote (paths.log_dir=outputs).
+LEARN_CHECK_RUNS ?= outputs/synthetic_tiny_image/runs
+learn-check: $(STAMP) ## Learning checks (a)-(d) of the newest synthetic_tiny_image run under outputs/ on held-out clips (WEIGHTS=... to choose)
+	$(eval WEIGHTS ?= $(shell ls -t $(LEARN_CHECK_RUNS)/*/checkpoints/image_ema.safetensors 2>/dev/null | head -n 1))
+	@test -n "$(WEIGHTS)" || { echo "make learn-check: no $(LEARN_CHECK_RUNS)/*/checkpoints/image_ema.safetensors;" \
+	  "train first (fgbg-train experiment=synthetic_tiny_image, docs/model.md) or pass WEIGHTS=..." >&2; exit 1; }
 	test -f data/synthetic_heldout/test-000000.tar || $(VENV)/bin/fgbg-synth output=data/synthetic_heldout split=test num_videos=32 seed=2 videos_per_shard=32 camera.weights.static=0.0
-	$(PY) bench/learn_check.py $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) bench/learn_check.py --weights $(WEIGHTS)
 
 clean: ## Remove build outputs and run folders (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info
