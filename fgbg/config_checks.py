@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fgbg.datamodules.clips import expand_shards
-from fgbg.utils.config import plain
+from fgbg.utils.config import missing_keys, plain
 
 TRAIN_EXTRAS = ("ignore_warnings", "print_config")  # conf/extras/default.yaml, applied by fgbg.train.apply_extras
 
@@ -47,14 +47,18 @@ def spatial_factor(model_cfg: DictConfig) -> int:
 def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     """Validate the ``fgbg-train`` config (``conf/train.yaml``); raises :class:`ConfigError`.
 
-    Checks: ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
+    Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
     data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; no epsilon prediction with
     ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
     :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files.
     """
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{key}=???: required, no default (e.g. a local weights folder for model=fgbg_sd15, docs/configs.md)"
+        for key in missing_keys(cfg)
+        if not key.startswith("hydra.")  # Hydra's own run-time node, when composed with it
+    ]
     data, model = cfg.data, cfg.model
 
     resolution, factor = _get(data, "resolution"), spatial_factor(model)

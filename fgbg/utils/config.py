@@ -39,3 +39,21 @@ def plain(value: Any) -> Any:
 def plain_dict(cfg: Mapping | None) -> dict[str, Any]:
     """A config mapping -> a plain dict (diffusers configs dislike ``DictConfig`` / ``ListConfig``); None -> {}."""
     return {} if cfg is None else dict(plain(cfg))
+
+
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value is ``???`` (required, no default), found without resolving interpolations.
+
+    (``OmegaConf.missing_keys`` resolves them, and one that points at a ``???`` raises instead of listing it.)
+    """
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if value == "???":
+                found.append(f"{prefix}{key}")
+            walk(value, f"{prefix}{key}.")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(found)
