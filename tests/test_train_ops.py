@@ -92,3 +92,14 @@ def test_extras_ignore_warnings_silences_warnings_and_unknown_extras_are_refused
         check_train_config(bad, check_paths=False)
     assert "extras.enforce_tags=True: unknown; fgbg-train reads ignore_warnings, print_config" in str(err.value)
     assert "extras.print_config='yes': expected true or false" in str(err.value)
+
+
+def test_sd15_without_its_weight_folders_is_refused_before_any_work(tmp_path, synth_shard):
+    """fgbg_sd15's required folders (???) stay required although it builds on fgbg_tiny (no null under them)."""
+    cfg = compose_run(tmp_path, synth_shard, ["model=fgbg_sd15", "data.resolution=512"])
+    with pytest.raises(ConfigError) as err:
+        check_train_config(cfg, check_paths=False)
+    assert "model.unet.pretrained=???: required" in str(err.value)
+    assert "model.image_encoder.pretrained=???: required" in str(err.value)
+    given = ["model.unet.pretrained=/sd15", "model.image_encoder.pretrained=/clip"]
+    check_train_config(compose_run(tmp_path, synth_shard, ["model=fgbg_sd15", "data.resolution=512", *given]), False)
