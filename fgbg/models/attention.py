@@ -99,9 +99,17 @@ def reference_attention(
     def rows(x: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:  # the F rows of the samples idx
         return x.unflatten(0, (b, f))[idx].flatten(0, 1)
 
+    def joined(own: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:  # (n*F, N + M, heads, d)
+        # One write per element: the bank is broadcast over the frames straight into the buffer
+        # (``torch.cat`` with ``repeat_interleave`` would first build the F copies, then copy them again).
+        n, m = bank.shape[0], own.shape[1]
+        out = own.new_empty(n, f, m + bank.shape[1], *own.shape[2:])
+        out[:, :, :m] = own.unflatten(0, (n, f))
+        out[:, :, m:] = bank[:, None]
+        return out.flatten(0, 1)
+
     def with_bank(idx: slice | torch.Tensor) -> torch.Tensor:
-        k_all = torch.cat([rows(k, idx), k_ref[idx].repeat_interleave(f, 0)], 1)
-        v_all = torch.cat([rows(v, idx), v_ref[idx].repeat_interleave(f, 0)], 1)
+        k_all, v_all = joined(rows(k, idx), k_ref[idx]), joined(rows(v, idx), v_ref[idx])
         return attention(rows(q, idx), k_all, v_all, backend)
 
     kept = None if keep is None else keep.nonzero()[:, 0]  # one host sync per layer, as any mask test would
@@ -133,15 +141,38 @@ class ReferenceBank:
         self.tokens: dict[str, torch.Tensor] = {}
         self.keep: torch.Tensor | None = None
         self.mode: str | None = None
+        # Projected bank keys/values, reused while ``reuse_projections`` is on (generation only, see there):
+        # module name -> (key of what they were computed from, k_ref, v_ref).
+        self.projected: dict[str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self.reuse = False
+        self.projections_computed = 0  # how many (layer, tokens) projections ran (tests count cache misses)
 
     @contextmanager
     def writing(self) -> Iterator[dict[str, torch.Tensor]]:
         """Collect tokens into a fresh dict, yielded (filled once the block exits)."""
-        self.tokens, self.mode = {}, "write"
+        self.tokens, self.mode, self.projected = {}, "write", {}
         try:
             yield self.tokens
         finally:
             self.mode = None
+
+    @contextmanager
+    def reuse_projections(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, readers reuse the keys/values they projected from the same bank tokens earlier
+        (in this block or an earlier one: across sampling steps and clips), instead of projecting again.
+
+        Only where nothing is differentiated (``torch.is_grad_enabled()`` False; with a graph the readers
+        always project, so gradients reach ``to_k``/``to_v`` and the bank). An entry is used only if it was
+        computed from the very same token tensor (identity and in-place version), through the same ``to_k``,
+        ``to_v`` (and ``norm_k``) parameters at the same versions and storage (an optimizer step, a
+        ``load_state_dict`` or ``.data`` swap all invalidate it) and with the same dtype and autocast state.
+        A new reference (new tokens) therefore projects afresh; ``writing`` and ``clear`` drop all entries.
+        """
+        before, self.reuse = self.reuse, enabled
+        try:
+            yield
+        finally:
+            self.reuse = before
 
     @contextmanager
     def reading(self, tokens: dict[str, torch.Tensor] | None, keep: torch.Tensor | None = None) -> Iterator[None]:
@@ -151,8 +182,8 @@ class ReferenceBank:
         yield
 
     def clear(self) -> None:
-        """Drop the tokens (a finished training step; ``FgbgModule.on_train_batch_end``)."""
-        self.tokens, self.keep, self.mode = {}, None, None
+        """Drop the tokens and projections (a finished training step; ``FgbgModule.on_train_batch_end``)."""
+        self.tokens, self.keep, self.mode, self.projected = {}, None, None, {}
 
     def __deepcopy__(self, memo):  # a model copy (EMA, Lightning) shares no bank state
         return ReferenceBank()
@@ -194,7 +225,7 @@ class FgbgAttnProcessor:
             if self.role == "write" and self.bank.mode == "write":
                 self.bank.tokens[self.name] = hidden_states
             elif self.role == "read" and self.bank.mode == "read" and self.name in self.bank.tokens:
-                ref = self.bank.tokens[self.name].to(hidden_states.dtype)  # (B_ref, M, C)
+                ref = self.bank.tokens[self.name]  # (B_ref, M, C)
                 if hidden_states.shape[0] % ref.shape[0]:
                     raise ValueError(
                         f"{self.name}: batch {hidden_states.shape[0]} is not a multiple of the bank's {ref.shape[0]}"
@@ -212,14 +243,55 @@ class FgbgAttnProcessor:
         k, v = project(attn.to_k, context, attn.norm_k), project(attn.to_v, context)
         if ref is None:
             out = attention(q, k, v, self.backend)
-        else:  # bank tokens projected once per sample, not per frame
-            k_ref, v_ref = project(attn.to_k, ref, attn.norm_k), project(attn.to_v, ref)
+        else:  # bank tokens projected once per sample, not per frame (and once per reference in generation)
+            k_ref, v_ref = self._bank_keys_values(attn, ref, hidden_states.dtype, project)
             out = reference_attention(q, k, v, k_ref, v_ref, self.bank.keep, self.backend)
         out = out.flatten(2).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _bank_keys_values(self, attn, tokens: torch.Tensor, dtype: torch.dtype, project) -> tuple[torch.Tensor, ...]:
+        """(k_ref, v_ref), each (B_ref, M, heads, d): the bank tokens through ``to_k``/``to_v``, reused from
+        ``bank.projected`` when ``bank.reuse`` is on, no graph is built and nothing they depend on has changed
+        (see ``ReferenceBank.reuse_projections``)."""
+        bank = self.bank
+        if not bank.reuse or torch.is_grad_enabled():
+            ref = tokens.to(dtype)
+            return project(attn.to_k, ref, attn.norm_k), project(attn.to_v, ref)
+        layers = [m for m in (attn.to_k, attn.to_v, attn.norm_k) if m is not None]
+        key = (_tensor_state(tokens), dtype, _autocast_state(tokens.device.type))
+        key += tuple(_tensor_state(p) for m in layers for p in m.parameters())
+        hit = bank.projected.get(self.name)
+        if hit is not None and _same(hit[0], key):
+            return hit[1], hit[2]
+        ref = tokens.to(dtype)
+        k_ref, v_ref = project(attn.to_k, ref, attn.norm_k), project(attn.to_v, ref)
+        bank.projected[self.name] = (key, k_ref, v_ref)
+        bank.projections_computed += 1
+        return k_ref, v_ref
+
+
+def _tensor_state(t: torch.Tensor) -> tuple:
+    """What a cached projection of ``t`` depends on: the tensor itself (compared by identity), its in-place
+    version (inference tensors have none: they cannot change outside inference mode), storage and dtype."""
+    version = -1 if t.is_inference() else t._version
+    return (t, version, t.data_ptr(), t.dtype, tuple(t.shape))
+
+
+def _autocast_state(device_type: str) -> tuple:
+    enabled = torch.is_autocast_enabled(device_type)
+    return (enabled, torch.get_autocast_dtype(device_type) if enabled else None)
+
+
+def _same(a, b) -> bool:
+    """Key items equal; tensors by identity (``==`` on tensors compares values)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return a == b
 
 
 def is_spatial_self_attention(name: str) -> bool:

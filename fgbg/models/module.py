@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -84,6 +85,15 @@ class ReferenceContext:
     latent: torch.Tensor
     mask: torch.Tensor | None
     image_size: tuple[int, int]
+
+
+def _pooled_gate(plan: dict, residual: torch.Tensor) -> torch.Tensor:
+    """The plan's pose gate area-pooled to ``residual``'s size (as ``gate_residuals`` does), once per size."""
+    key = (*residual.shape[-2:], residual.dtype)
+    pooled = plan["pose_gate_pooled"]
+    if key not in pooled:
+        pooled[key] = F.adaptive_avg_pool2d(plan["pose_gate"], residual.shape[-2:]).to(residual.dtype)
+    return pooled[key]
 
 
 def make_sampler(name: str, train_scheduler_config) -> object:
@@ -188,6 +198,9 @@ class FgbgModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.referencenet_calls = 0
+        # sample_clip reuses what does not change between steps (the ControlNet's pose embedding) and clips (the
+        # bank's projected keys/values); False recomputes them at every step (tests/test_bank_cache.py compares).
+        self.reuse_in_sampling = True
         self.skip_optimizer_step = False  # set by training_step on a non-finite loss (any rank), see there
         # Set: training draws (noise, timesteps, dropouts, frames) come from a generator seeded by (noise_seed,
         # rank, micro-batch index), not from the global RNG, so a run resumed at any step draws what the
@@ -361,11 +374,14 @@ class FgbgModule(L.LightningModule):
         keep: Mapping[str, torch.Tensor],
         link_latent: torch.Tensor | None = None,
         link_on: torch.Tensor | None = None,
+        plan: dict | None = None,
     ) -> torch.Tensor:
         """One network evaluation.
 
         noisy: (B, F, c, h, w); timestep: (B,); keep: condition -> (B,) bool (False = dropped
         for classifier-free guidance); link_latent: (B, c, h, w) or None; link_on: (B,) bool.
+        plan: ``denoise_plan(ctx, static, keep, link_latent, link_on)`` made beforehand (``sample_clip`` makes
+        one per guidance pass and clip, reused at every step); None: made here.
         Returns the model output (epsilon, v or x0 by ``prediction_type``), (B, F, c, h, w).
 
         Training (a graph, stage image): the ControlNet and the track residuals always run and are multiplied
@@ -376,15 +392,58 @@ class FgbgModule(L.LightningModule):
         for every sample is skipped, a pure speed-up (it would add exact zeros), except under FSDP, where
         every rank must run the same sharded modules.
         """
-        b, f, c, h, w = noisy.shape
-        if not self.use_tracks:
-            keep = dict(keep) | {"tracks": torch.zeros_like(keep["tracks"])}
-        per_frame = {k: v.to(noisy.dtype).repeat_interleave(f)[:, None, None, None] for k, v in keep.items()}
-        keep_ref = keep["reference"]
-        tokens = ctx.global_tokens * keep_ref.to(ctx.global_tokens.dtype)[:, None, None]
+        b, f = noisy.shape[:2]
+        if plan is None:
+            plan = self.denoise_plan(ctx, static, keep, link_latent, link_on)
+        grads = torch.is_grad_enabled() and self.stage == "image"
+        if plan["grads"] != grads:
+            raise RuntimeError("denoise: the plan was made in another grad mode; make it where it is used")
         folded = noisy.flatten(0, 1)
         t_frames = timestep.repeat_interleave(f)
+        down, mid = plan["track_down"], plan["track_mid"]  # gated track residuals, or None
+        if plan["run_pose"]:
+            with torch.set_grad_enabled(grads):
+                cn_down, cn_mid = self.controlnet(
+                    folded,
+                    t_frames,
+                    encoder_hidden_states=plan["tokens_frames"],
+                    controlnet_cond=static["pose"],
+                    conditioning_scale=self.conditioning_scale,
+                    return_dict=False,
+                )
+            # gate_residuals' products, with the gate pooled to each residual's size once per plan
+            cn_down = [r * _pooled_gate(plan, r) for r in cn_down]
+            cn_mid = cn_mid * _pooled_gate(plan, cn_mid)
+            down = cn_down if down is None else [c + t for c, t in zip(cn_down, down, strict=True)]
+            mid = cn_mid if mid is None else cn_mid + mid
+        sample = torch.cat([noisy, plan["inputs"]], 2).transpose(1, 2)  # (B, C_in, F, h, w)
+        with self.bank.reading(ctx.bank, plan["keep_ref"]):
+            out = self.denoiser(sample, timestep, plan["tokens"], down, mid)
+        if grads and ctx.bank and not bool(plan["keep_ref"].any()):
+            # No sample reads the bank (reference_attention then leaves it out): tie it in with weight 0 so the
+            # ReferenceNet still gets its (zero) gradient, as on a rank whose micro-batch keeps a reference.
+            out = out + 0.0 * sum(t.sum() for t in ctx.bank.values())
+        return out.transpose(1, 2)
 
+    def denoise_plan(
+        self,
+        ctx: ReferenceContext,
+        static: dict,
+        keep: Mapping[str, torch.Tensor],
+        link_latent: torch.Tensor | None = None,
+        link_on: torch.Tensor | None = None,
+    ) -> dict:
+        """What ``denoise`` computes from everything but the noisy input and the timestep: the gated global
+        tokens (and their per-frame copy), which branches run, the track residuals times their gate, the pose
+        gate pooled to each residual size, and the denoiser's extra input channels (link latent and mask, motion
+        and person hints, each times its keep), (B, F, C_extra, h, w). Made in the grad mode of its use."""
+        b, f = static["batch"], static["frames"]
+        if not self.use_tracks:
+            keep = dict(keep) | {"tracks": torch.zeros_like(keep["tracks"])}
+        dtype = ctx.latent.dtype
+        per_frame = {k: v.to(dtype).repeat_interleave(f)[:, None, None, None] for k, v in keep.items()}
+        keep_ref = keep["reference"]
+        tokens = ctx.global_tokens * keep_ref.to(ctx.global_tokens.dtype)[:, None, None]
         # With a graph in stage image every branch runs, gated to zero where dropped, so the set of parameters that
         # get a gradient never depends on the dropout draw (DDP with find_unused_parameters=False needs the same set
         # on every rank). Without one (generation, validation, stage video's frozen branches) a branch whose keep is
@@ -395,47 +454,37 @@ class FgbgModule(L.LightningModule):
         always = grads or bool(self.fsdp_units)
         run_pose = always or bool(keep["pose"].any())
         run_tracks = (always and self.use_tracks) or bool(keep["tracks"].any())
-        down = [torch.zeros(()) for _ in static["track_down"]]
-        mid = torch.zeros(())
+        plan = {
+            "grads": grads,
+            "keep_ref": keep_ref,
+            "tokens": tokens,
+            "tokens_frames": tokens.repeat_interleave(f, 0),
+            "run_pose": run_pose,
+            "track_down": None,
+            "track_mid": None,
+        }
         if run_pose:
-            with torch.set_grad_enabled(grads):
-                cn_down, cn_mid = self.controlnet(
-                    folded,
-                    t_frames,
-                    encoder_hidden_states=tokens.repeat_interleave(f, 0),
-                    controlnet_cond=static["pose"],
-                    conditioning_scale=self.conditioning_scale,
-                    return_dict=False,
-                )
-            gate = static["pose_gate"] * per_frame["pose"]
-            down = [d + r for d, r in zip(down, gate_residuals(cn_down, gate), strict=True)]
-            mid = mid + gate_residuals([cn_mid], gate)[0]
+            plan["pose_gate"] = static["pose_gate"] * per_frame["pose"]
+            plan["pose_gate_pooled"] = {}  # (h, w, dtype) -> gate pooled to that size, filled at first use
         if run_tracks:
             gate = static["track_gate"] * per_frame["tracks"]
-            down = [d + r for d, r in zip(down, gate_residuals(static["track_down"], gate), strict=True)]
-            mid = mid + gate_residuals([static["track_mid"]], gate)[0]
-        if not (run_pose or run_tracks):
-            down, mid = None, None
+            plan["track_down"] = gate_residuals(static["track_down"], gate)
+            plan["track_mid"] = gate_residuals([static["track_mid"]], gate)[0]
 
+        c, (h, w) = ctx.latent.shape[1], ctx.latent.shape[-2:]
         if link_latent is None or link_on is None:
-            link_latent = noisy.new_zeros(b, c, h, w)
-            link_on = torch.zeros(b, dtype=torch.bool, device=noisy.device)
-        on = link_on.to(noisy.dtype)[:, None, None, None]
-        parts = [noisy, (link_latent * on)[:, None].expand(b, f, c, h, w), on[:, None].expand(b, f, 1, h, w)]
+            link_latent = ctx.latent.new_zeros(b, c, h, w)
+            link_on = torch.zeros(b, dtype=torch.bool, device=ctx.latent.device)
+        on = link_on.to(dtype)[:, None, None, None]
+        parts = [(link_latent * on)[:, None].expand(b, f, c, h, w), on[:, None].expand(b, f, 1, h, w)]
         if self.use_motion_hint:
-            hint_keep = (keep["reference"] & keep["tracks"]).to(noisy.dtype)
+            hint_keep = (keep["reference"] & keep["tracks"]).to(dtype)
             parts.append(static["hint"] * hint_keep[:, None, None, None, None])
         if self.use_person_hint:
-            person_keep = (keep["reference"] & keep["pose"]).to(noisy.dtype)
+            person_keep = (keep["reference"] & keep["pose"]).to(dtype)
             parts.append(static["person_hint"] * person_keep[:, None, None, None, None])
-        sample = torch.cat(parts, 2).transpose(1, 2)  # (B, C_in, F, h, w)
-        with self.bank.reading(ctx.bank, keep_ref):
-            out = self.denoiser(sample, timestep, tokens, down, mid)
-        if grads and ctx.bank and not bool(keep_ref.any()):
-            # No sample reads the bank (reference_attention then leaves it out): tie it in with weight 0 so the
-            # ReferenceNet still gets its (zero) gradient, as on a rank whose micro-batch keeps a reference.
-            out = out + 0.0 * sum(t.sum() for t in ctx.bank.values())
-        return out.transpose(1, 2)
+        plan["inputs"] = torch.cat(parts, 2)
+        return plan
 
     # ------------------------------------------------------------------ training
     def _select_frames(
@@ -657,19 +706,52 @@ class FgbgModule(L.LightningModule):
         if bad:
             raise ValueError(f"drop: unknown conditions {sorted(bad)}; expected {CONDITIONS}")
         all_on = {k: torch.full((b,), k not in drop, dtype=torch.bool, device=dev) for k in CONDITIONS}
-        for step_t in sampler.timesteps:
-            model_in = sampler.scale_model_input(latents, step_t)
-            tt = step_t.reshape(1).expand(b).to(dev)
-            full = self.denoise(model_in, tt, ctx, static, all_on, link_latent, link_on)
-            out = full
-            for name, scale in guidance.items():
-                if scale != 1.0 and name not in drop:
-                    keep = dict(all_on) | {name: torch.zeros(b, dtype=torch.bool, device=dev)}
-                    without = self.denoise(model_in, tt, ctx, static, keep, link_latent, link_on)
-                    out = out + (scale - 1.0) * (full - without)
-            latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
+        # Everything but the noisy input and the timestep is fixed for the clip: one plan per guidance pass,
+        # the ControlNet's pose embedding, and (across clips too) the bank's projected keys and values.
+        keeps = [(1.0, all_on)] + [
+            (scale, dict(all_on) | {name: torch.zeros(b, dtype=torch.bool, device=dev)})
+            for name, scale in guidance.items()
+            if scale != 1.0 and name not in drop
+        ]
+        passes = [(scale, keep, self.denoise_plan(ctx, static, keep, link_latent, link_on)) for scale, keep in keeps]
+        reuse = self.reuse_in_sampling and not self.fsdp_units
+        with self._fixed_pose_embedding(static["pose"], reuse and any(plan["run_pose"] for *_, plan in passes)):
+            with self.bank.reuse_projections(reuse):
+                for step_t in sampler.timesteps:
+                    model_in = sampler.scale_model_input(latents, step_t)
+                    tt = step_t.reshape(1).expand(b).to(dev)
+                    full = self.denoise(model_in, tt, ctx, static, all_on, plan=passes[0][2])
+                    out = full
+                    for scale, keep, plan in passes[1:]:
+                        without = self.denoise(model_in, tt, ctx, static, keep, plan=plan)
+                        out = out + (scale - 1.0) * (full - without)
+                    latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
         frames = self.latent.decode(latents.flatten(0, 1))
         return frames.unflatten(0, (b, t)).clamp(-1, 1)
+
+    @contextmanager
+    def _fixed_pose_embedding(self, pose: torch.Tensor, enabled: bool = True) -> Iterator[None]:
+        """Within the block (no graph), the ControlNet embeds ``pose`` (its ``controlnet_cond``) once and reuses
+        the embedding at every later call with that same tensor: it depends on neither the noisy input nor the
+        timestep. Other inputs are embedded as usual. Nothing changes outside the block."""
+        embedding = self.controlnet.controlnet_cond_embedding
+        if not enabled or torch.is_grad_enabled() or self.fsdp_units or "forward" in vars(embedding):
+            yield
+            return
+        forward, memo = embedding.forward, []
+
+        def reuse(cond: torch.Tensor) -> torch.Tensor:
+            if cond is not pose:
+                return forward(cond)
+            if not memo:
+                memo.append(forward(cond))
+            return memo[0]
+
+        embedding.forward = reuse
+        try:
+            yield
+        finally:
+            del embedding.forward
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
