@@ -14,8 +14,10 @@ import logging
 import os
 import re
 import secrets
+import subprocess
 import warnings
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -122,6 +124,44 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return path
 
 
+def wandb_settings(cfg: DictConfig) -> dict[str, str]:
+    """What the wandb logger gets for its unset (null) ``group``, ``name`` and ``job_type``.
+
+    group: ``task_name``; every job of one multirun shares ``<task_name>/<sweep folder>``. name: the run
+    folder's name (``run_name`` or ``<date>_<time>_<hex>``); a multirun job: ``<job num>:<its overrides>``
+    (Hydra's ``override_dirname``, paths left out), so trials differ by name. job_type: ``train-<stage>``.
+    """
+    settings = {
+        "group": str(cfg.task_name),
+        "name": os.path.basename(os.path.normpath(cfg.paths.output_dir)),
+        "job_type": f"train-{cfg.model.get('stage', 'image')}",
+    }
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            settings["group"] = f"{cfg.task_name}/{os.path.basename(os.path.normpath(hydra_cfg.sweep.dir))}"
+            settings["name"] = f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname}"[:128]
+    return settings
+
+
+def git_state() -> dict[str, Any]:
+    """The fgbg checkout's commit and whether tracked files differ from it; {} outside a git checkout."""
+    here = str(Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode:
+        return {}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
 def apply_extras(cfg: DictConfig) -> None:
     """``conf/extras``: ``ignore_warnings`` silences Python warnings for the run (as lightning-hydra-template
     does); ``print_config`` logs the resolved config. Keys are checked by ``check_train_config``."""
@@ -149,10 +189,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     ckpt_path = _resolve_ckpt_path(cfg) if cfg.get("train", True) else None
     logger_extra = {}
-    wandb_run_id = read_resume_record(ckpt_path).get("wandb_run_id") if ckpt_path else None
-    if wandb_run_id and "wandb" in (cfg.get("logger") or {}):
-        log.info("continuing wandb run %s", wandb_run_id)
-        logger_extra["wandb"] = {"id": wandb_run_id, "resume": "allow"}
+    if "wandb" in (cfg.get("logger") or {}):
+        unset = {k: v for k, v in wandb_settings(cfg).items() if cfg.logger.wandb.get(k) is None}
+        logger_extra["wandb"] = unset
+        wandb_run_id = read_resume_record(ckpt_path).get("wandb_run_id") if ckpt_path else None
+        if wandb_run_id:
+            log.info("continuing wandb run %s", wandb_run_id)
+            logger_extra["wandb"] |= {"id": wandb_run_id, "resume": "allow"}
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"), logger_extra)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -161,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         hparams = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
                    for k, v in cfg.items() if k != "hydra"}  # fmt: skip
         hparams["model/params_total"] = model.num_parameters()
+        hparams["git"] = git_state()
         for lg in loggers:
             lg.log_hyperparams(hparams)
         if cfg.get("train", True):

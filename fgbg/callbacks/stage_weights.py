@@ -18,11 +18,16 @@ class StageWeightsCheckpoint(L.Callback):
     weights) and ``{stage}_ema.safetensors`` (when an EMA callback runs).
 
     Every rank takes part (under FSDP the full tensors are all-gathered from the shards, so the files
-    load strictly into a single-process model); only global rank 0 writes, atomically."""
+    load strictly into a single-process model); only global rank 0 writes, atomically.
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 500):
+    ``log_artifact``: at the end of fit, the final files also go to each ``WandbLogger``'s run as one artifact
+    ``<run id>-<stage>`` of type ``model`` (aliases ``latest`` and ``step<N>``; offline runs keep it for
+    ``wandb sync``)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500, log_artifact: bool = False):
         self.dirpath = dirpath
         self.every_n_train_steps = every_n_train_steps
+        self.log_artifact = log_artifact
         self.gate = OptimizerStepGate()
         self.written_steps: list[int] = []
 
@@ -55,3 +60,20 @@ class StageWeightsCheckpoint(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if not self.written_steps or self.written_steps[-1] != trainer.global_step:
             self.write(trainer, pl_module)
+        if self.log_artifact and trainer.is_global_zero:
+            self.log_artifacts(trainer, pl_module.stage)
+
+    def log_artifacts(self, trainer, stage: str) -> None:
+        """The stage's final safetensors as one wandb artifact per ``WandbLogger``."""
+        files = [path for path in self.paths(stage).values() if os.path.isfile(path)]
+        for logger in trainer.loggers:
+            if isinstance(logger, L.pytorch.loggers.WandbLogger):
+                import wandb
+
+                run, step = logger.experiment, trainer.global_step
+                artifact = wandb.Artifact(
+                    f"{run.id}-{stage}", type="model", metadata={"stage": stage, "global_step": step}
+                )
+                for path in files:
+                    artifact.add_file(path)
+                run.log_artifact(artifact, aliases=["latest", f"step{step}"])
