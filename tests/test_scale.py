@@ -113,7 +113,9 @@ def test_gpu_cluster_trainer_configs_compose_and_build_their_strategy_objects():
     assert strategy._save_distributed_checkpoint
     assert fsdp.precision == gpu.precision == "bf16-mixed"
 
-    assert slurm.num_nodes == 4 and slurm.strategy == "ddp"
+    ddp = instantiate(slurm.strategy)
+    assert slurm.num_nodes == 4 and type(ddp).__name__ == "DDPStrategy"
+    assert ddp._ddp_kwargs["gradient_as_bucket_view"]  # no gradient copy beside DDP's buckets
     atomic, env = (instantiate(p) for p in slurm.plugins)
     assert isinstance(atomic, AtomicCheckpointIO) and isinstance(env, SLURMEnvironment)
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
