@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgbg.callbacks.progress import StepProgress
 from fgbg.callbacks.video_writer import OUTPUT_NAMES, VideoPredictionWriter
 from fgbg.config_checks import check_generate_config
 from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
@@ -219,7 +220,8 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
     settings = OmegaConf.to_container(cfg, resolve=True) | {"resolved": info, "model_load_seconds": load_seconds}
     writer = VideoPredictionWriter(output_dir, jobs.num_frames, fps=cfg.fps, settings=settings, gif=bool(cfg.gif))
     trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, callbacks=[writer, *(callbacks or [])],
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
+        callbacks=[writer, StepProgress(), *(callbacks or [])],  # per clip: a bar on a terminal, else log lines
         enable_progress_bar=True, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
     predictor = LongVideoPredictor.from_config(model, cfg)
