@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -128,8 +129,9 @@ def wandb_settings(cfg: DictConfig) -> dict[str, str]:
     """What the wandb logger gets for its unset (null) ``group``, ``name`` and ``job_type``.
 
     group: ``task_name``; every job of one multirun shares ``<task_name>/<sweep folder>``. name: the run
-    folder's name (``run_name`` or ``<date>_<time>_<hex>``); a multirun job: ``<job num>:<its overrides>``
-    (Hydra's ``override_dirname``, paths left out), so trials differ by name. job_type: ``train-<stage>``.
+    folder's name (``run_name`` or ``<date>_<time>_<hex>``); a multirun job: ``<job num>:<swept key=value,...>``
+    (the keys swept on the command line or in ``hydra.sweeper.params``; else Hydra's ``override_dirname``),
+    so trials differ by name. job_type: ``train-<stage>``.
     """
     settings = {
         "group": str(cfg.task_name),
@@ -140,8 +142,24 @@ def wandb_settings(cfg: DictConfig) -> dict[str, str]:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:
             settings["group"] = f"{cfg.task_name}/{os.path.basename(os.path.normpath(hydra_cfg.sweep.dir))}"
-            settings["name"] = f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname}"[:128]
+            swept = swept_keys(hydra_cfg)
+            values = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+            settings["name"] = f"{hydra_cfg.job.num}:{','.join(values) or hydra_cfg.job.override_dirname}"[:256]
     return settings
+
+
+def swept_keys(hydra_cfg) -> set[str]:
+    """Keys a multirun sweeps: ``hydra.sweeper.params`` (e.g. Optuna's) and the command line's sweeps
+    (``lr=1e-4,2e-4``, ``range(...)``; read from ``sys.argv``, which in-process launchers keep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = set((hydra_cfg.sweeper.get("params") or {}).keys())
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    try:
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(args) if o.is_sweep_override()}
+    except Exception:  # noqa: BLE001  (argv of another program, e.g. a submitit worker: no command-line sweeps)
+        pass
+    return keys
 
 
 def git_state() -> dict[str, Any]:
@@ -197,6 +215,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("continuing wandb run %s", wandb_run_id)
             logger_extra["wandb"] |= {"id": wandb_run_id, "resume": "allow"}
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress callback then
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"), logger_extra)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     uses_wandb = any(isinstance(lg, L.pytorch.loggers.WandbLogger) for lg in loggers)

@@ -1,4 +1,5 @@
-"""Hydra multirun: 2 jobs, 2 run folders, 2 wandb offline runs each with a sample video, the sweep metric returned."""
+"""Hydra multirun: 2 jobs, 2 run folders, 2 wandb offline runs (one group, names by their override values) each
+with a sample video at the trainer's step, the sweep metric returned."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fgbg.train import sweep_metric
+from tests.wandb_records import history_rows, offline_run_file, read_records, run_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,14 +43,23 @@ def test_two_job_multirun_gives_two_runs_with_wandb_sample_videos(tmp_path):
     (sweep,) = (tmp_path / "logs" / "debug" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
-    lrs = []
+    lrs, names, groups = [], [], set()
     for job in jobs:
         (wandb_run,) = (job / "wandb").glob("offline-run-*")
         videos = list((wandb_run / "files" / "media" / "videos").rglob("*.mp4"))
         assert videos and videos[0].stat().st_size > 0, f"{wandb_run}: no sample video logged"
+        records = read_records(offline_run_file(job / "wandb"))
+        run = run_record(records)
+        names.append(run.display_name)
+        groups.add(run.run_group)
+        assert run.job_type == "train-image"
+        video_steps = [r["trainer/global_step"] for r in history_rows(records) if "samples/video" in r]
+        assert video_steps == [2], video_steps  # the end-of-fit sample, at the trainer's step
         rows = list(csv.DictReader(open(job / "csv" / "metrics.csv")))
         assert any(r.get("val/loss") for r in rows)
         lrs += [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")][:1]
         log_text = (job / "debug.log").read_text()
         assert "sweep metric val/loss = " in log_text, log_text[-2000:]
     assert len(set(lrs)) == 2, f"both jobs ran with the same learning rate: {lrs}"
+    assert names == ["0:model.optimizer.lr=0.0001", "1:model.optimizer.lr=0.0002"], names  # trials by swept values
+    assert groups == {f"debug/{sweep.name}"}, groups  # one group for the sweep

@@ -43,7 +43,11 @@ def test_offline_run_logs_videos_at_the_steps_asked_with_names_config_and_artifa
     assert {"latest", "step4"} <= set(artifact.aliases)
 
 
-def test_multirun_jobs_share_a_group_and_differ_by_name(tmp_path):
+def test_multirun_jobs_share_a_group_and_differ_by_name(tmp_path, monkeypatch):
+    """Named by the swept values only (``fgbg-train -m ... model.optimizer.lr=1e-4,2e-4``), not every override."""
+    monkeypatch.setattr(
+        "sys.argv", ["fgbg-train", "-m", "experiment=synthetic_tiny_image", "model.optimizer.lr=1e-4,2e-4"]
+    )
     names, groups = [], set()
     for num, lr in enumerate(("0.0001", "0.0002")):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -53,7 +57,8 @@ def test_multirun_jobs_share_a_group_and_differ_by_name(tmp_path):
             cfg.hydra.mode = RunMode.MULTIRUN
             cfg.hydra.sweep.dir = str(tmp_path / "2026-11-30_12-00-00_abc123")
             cfg.hydra.job.num = num
-            cfg.hydra.job.override_dirname = f"model.optimizer.lr={lr}"
+            cfg.hydra.job.override_dirname = f"experiment=synthetic_tiny_image,model.optimizer.lr={lr}"
+            cfg.hydra.overrides.task = ["experiment=synthetic_tiny_image", f"model.optimizer.lr={lr}"]
         HydraConfig().set_config(cfg)
         settings = wandb_settings(cfg)
         names.append(settings["name"])
