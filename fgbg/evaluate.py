@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fgbg.callbacks.progress import StepProgress
 from fgbg.data.render import contact_sheet, save_png
-from fgbg.data.shards import SkipCounter, iter_clips
+from fgbg.data.shards import SkipCounter, count_tar_groups, iter_clips
 from fgbg.data.transforms import fit_clip
 from fgbg.datamodules.clips import expand_shards
 from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
@@ -42,8 +43,16 @@ def _unit(frames: torch.Tensor) -> torch.Tensor:
     return ((frames.float() + 1) / 2).clamp(0, 1)
 
 
+def predict_trainer(device: str) -> L.Trainer:
+    """The one Trainer whose predict loop generates every sample (its own bar off: progress is per sample)."""
+    return L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, inference_mode=True,
+    )  # fmt: skip
+
+
 def evaluate_sample(
-    model, predictor, clip, data: dict[str, Any], cfg: DictConfig, device: str
+    trainer: L.Trainer, predictor, clip, data: dict[str, Any], cfg: DictConfig
 ) -> tuple[dict, np.ndarray, Any]:
     """One sample -> (its metrics, generated frames (T, H, W, 3) uint8, the clip fitted to the model's size)."""
     res = int(data.get("resolution") or 32)
@@ -64,10 +73,6 @@ def evaluate_sample(
     jobs = VideoJobs(
         clip.frames[0], motion, t, clip_len, max_tracks,
         reference_mask=clip.masks[0], reference_keypoints=clip.pose[0], render=render,
-    )  # fmt: skip
-    trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
     out = trainer.predict(predictor, datamodule=VideoJobsDataModule(jobs))
     pred = torch.cat([o["frames"][0].cpu() for o in out])  # (T, 3, H, W) in [-1, 1]
@@ -142,10 +147,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     distributions = _distribution_metrics(cfg)
     counter = SkipCounter()
     per_sample, rows = [], []
+    trainer = predict_trainer(device)  # one for all samples
+    progress = StepProgress(plain=True)  # one line per sample, with the time per sample and an ETA
+    total = min(int(cfg.data.max_samples), sum(count_tar_groups(s) for s in shards if os.path.isfile(s)) or math.inf)
+    progress.start()
     for i, clip in enumerate(iter_clips(shards, counter)):
         if i >= int(cfg.data.max_samples):
             break
-        m, gen, truth = evaluate_sample(model, predictor, clip, data, cfg, device)
+        m, gen, truth = evaluate_sample(trainer, predictor, clip, data, cfg)
         per_sample.append(m)
         if distributions:
             truth_u = torch.from_numpy(truth.frames).permute(0, 3, 1, 2) / 255.0
@@ -154,8 +163,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("save_frames"):
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
             np.save(out_dir / "frames" / f"{str(m['key']).replace('/', '_')}.npy", gen)
-        log.info("%s: psnr %.2f (bg %.2f, person %.2f), track error %.2f px", m["key"], m["psnr"],
-                 m["psnr_background"], m["psnr_person"], m.get("track_error_px", float("nan")))  # fmt: skip
+        log.info("%s: %s: psnr %.2f (bg %.2f, person %.2f), track error %.2f px",
+                 progress.report(i + 1, total, "sample"), m["key"], m["psnr"], m["psnr_background"],
+                 m["psnr_person"], m.get("track_error_px", float("nan")))  # fmt: skip
         if len(rows) < 2 * int(cfg.sheet_samples):
             rows += [{"frames": truth.frames, "label": f"truth {clip.key}"}, {"frames": gen, "pose": truth.pose,
                      "tracks": truth.tracks, "visible": truth.visible, "label": "generated"}]  # fmt: skip

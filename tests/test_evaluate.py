@@ -47,6 +47,9 @@ def test_cli_writes_metrics_for_every_sample(setup, tmp_path):
                 "colour_drift_background_last"):  # fmt: skip
         assert key in mean and not math.isnan(mean[key]), key
     assert report["per_sample"][0]["frames"] == 9 and (out / "sheet.png").stat().st_size > 0
+    output = proc.stdout + proc.stderr  # not a terminal: one plain progress line per sample, no bar
+    assert "sample 1/2 (50.0%)" in output and "sample 2/2 (100.0%)" in output and "\r" not in output, output[-3000:]
+    assert output.count("GPU available:") == 1, "one Lightning Trainer for all samples"
 
 
 def test_existing_metrics_are_not_overwritten_and_missing_shards_are_named(setup, tmp_path):

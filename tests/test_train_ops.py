@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -60,16 +61,26 @@ def test_keep_last_checkpoint_refuses_what_keep_last_k_sets(tmp_path):
         KeepLastCheckpoint(keep_last_k=-2)
 
 
-def test_debug_samples_nothing_and_keep_last_k_bounds_the_checkpoints(tmp_path, synth_shard):
+def test_debug_samples_nothing_and_keep_last_k_bounds_the_checkpoints(tmp_path, synth_shard, capfd, caplog):
     """One debug run (2 steps): no sample at all, not even at the end of fit; a checkpoint at every step with
-    keep_last_k=1 leaves last.ckpt and the newest step checkpoint only."""
+    keep_last_k=1 leaves last.ckpt and the newest step checkpoint only. Its output is not a terminal, so
+    progress comes as plain lines with the step out of max_steps and an ETA, and no carriage-return bar."""
     cfg = compose_run(
         tmp_path, synth_shard,
         ["debug=default", "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.keep_last_k=1"],
     )  # fmt: skip
     assert cfg.trainer.max_steps == 2 and cfg.callbacks.sample_video.at_end is False
+    caplog.set_level("INFO", logger="fgbg.callbacks.progress")
     train(cfg)
     assert ckpt_names(tmp_path) == ["last.ckpt", "step000002.ckpt"]
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err, "a carriage-return progress bar in non-terminal output"
+    lines = [r.getMessage() for r in caplog.records if r.name == "fgbg.callbacks.progress"]
+    assert lines[0] == "training: 2 steps" and lines[-1] == "training done at step 2", lines
+    assert re.fullmatch(
+        r"step 1/2 \(50\.0%\) \| loss \d+\.\d{4} \| [\d.]+ s/step \| elapsed [\d:]+ \| ETA [\d:]+", lines[1]
+    )
+    assert lines[2].startswith("step 2/2 (100.0%)") and lines[2].endswith("ETA 0:00:00"), lines
     assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
 
 
