@@ -75,6 +75,7 @@ def doc_blocks(path: Path) -> list[list[Command]]:
                 line = line.rstrip()[:-1] + " " + lines[i]
             i += 1
             line = re.sub(r"^\s*\$\s+", "", line)
+            line = re.sub(r"^\s*(\.venv/bin/|\S*/)(?=fgbg-)", "", line)  # .venv/bin/fgbg-train: the same command
             if not re.match(r"\s*(fgbg-|make\b)", line):
                 continue
             name = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
@@ -184,8 +185,42 @@ def producer_outputs(cmd: Command) -> tuple[str, int | None, str] | None:
     return norm(cfg.output), count, str(cfg.get("split", "train"))
 
 
+def run_files(cfg: DictConfig) -> set[str]:
+    """What a training run writes under its folder that other commands read."""
+    stage = cfg.model.stage
+    return {"", f"checkpoints/{stage}.safetensors", f"checkpoints/{stage}_ema.safetensors", "checkpoints/last.ckpt"}
+
+
+def run_problems(cmd: Command, trained: dict[str, DictConfig]) -> tuple[int, list[str]]:
+    """Arguments naming a run (``<run>``): ``<run>/FILE`` is a file of the block's latest run; with a folder
+    before ``<run>`` (``outputs/synthetic_tiny_image/runs/<run>/...``), it is where a run of the block wrote."""
+    checked, problems = 0, []
+    for arg in cmd.argv[1:]:
+        if "<run>" not in arg or not trained:
+            continue
+        checked += 1
+        value = arg.split("=", 1)[1]
+        before, after = value.split("<run>", 1)
+        wanted = after.lstrip("/")
+        if before:
+            runs = {norm(f"{resolved(c, 'paths.log_dir')}/{c.task_name}/runs"): c for c in trained.values()}
+            cfg = runs.get(norm(before))
+            if cfg is None:
+                problems.append(f"{cmd}: {before}<run> is not where the block's runs go ({sorted(runs)})")
+                continue
+        else:
+            cfg = trained[next(reversed(trained))]
+        if wanted not in run_files(cfg):
+            problems.append(f"{cmd}: <run>/{wanted} is not written by the run ({sorted(run_files(cfg))})")
+    return checked, problems
+
+
+INPUT_KEYS = {"fgbg-generate": ("motion", "reference"), "fgbg-evaluate": ("data.val_shards",)}
+
+
 def test_chained_commands_agree_on_paths(tmp_path):
-    """Within one block: shards read where they were written, ``<run>/...`` files a run writes, learn-check's run."""
+    """Within one block: shards read where they were written, run folders and ``<run>/...`` files where a run
+    of the block writes them, learn-check's weights those of the run just trained."""
     checked, problems = 0, []
     for block in BLOCKS:
         produced: list[tuple[str, int | None, str]] = []
@@ -193,19 +228,14 @@ def test_chained_commands_agree_on_paths(tmp_path):
         for cmd in block:
             if (out := producer_outputs(cmd)) is not None:
                 produced.append(out)
-            elif cmd.argv[0] == "fgbg-train":
+                continue
+            n, found = run_problems(cmd, trained)
+            checked, problems = checked + n, problems + found
+            if cmd.argv[0] == "fgbg-train":
                 try:
                     cfgs = [compose_cli(app, args) for app, args in hydra_runs(cmd)]
                 except Exception:  # noqa: BLE001  (a command that does not compose fails its own test above)
                     continue
-                for arg in cmd.argv[1:]:  # <run>/...: a file of the latest run before this command
-                    if "<run>/" in arg and trained:
-                        checked += 1
-                        stage, wanted = next(reversed(trained)), arg.split("<run>/", 1)[1]
-                        writes = {f"checkpoints/{stage}.safetensors", f"checkpoints/{stage}_ema.safetensors",
-                                  "checkpoints/last.ckpt"}  # fmt: skip
-                        if wanted not in writes:
-                            problems.append(f"{cmd}: <run>/{wanted} is not written by the run ({sorted(writes)})")
                 for cfg in cfgs:
                     for key in ("train_shards", "val_shards"):
                         shards = resolved(cfg, f"data.{key}")
@@ -218,10 +248,16 @@ def test_chained_commands_agree_on_paths(tmp_path):
                             ]
                     trained.pop(cfg.model.stage, None)
                     trained[cfg.model.stage] = cfg
+            elif cmd.argv[0] in INPUT_KEYS:  # inputs inside a folder the block wrote must be files it wrote
+                for arg in cmd.argv[1:]:
+                    key, _, value = arg.partition("=")
+                    if key in INPUT_KEYS[cmd.argv[0]] and any(norm(os.path.dirname(value)) == p[0] for p in produced):
+                        checked += 1
+                        problems += shard_problems(cmd, key, norm(value), produced)
             elif cmd.argv[:2] == ["make", "learn-check"] and "image" in trained:  # it checks stage-image weights
                 checked += 1
                 problems += learn_check_problems(cmd, trained["image"], tmp_path)
-    assert checked >= 3, f"only {checked} chained paths found: the docs' chains were not read"
+    assert checked >= 6, f"only {checked} chained paths found: the docs' chains were not read"
     assert not problems, "commands that disagree on paths:\n  " + "\n  ".join(problems)
 
 
