@@ -39,7 +39,8 @@ def test_submitit_slurm_launcher_sizes_the_sbatch_request_from_the_trainer(tmp_p
         )  # fmt: skip
     assert cfg.hydra.runtime.choices["hydra/launcher"] == "submitit_slurm"
     assert cfg.hydra.runtime.choices.trainer == "slurm" and cfg.resume == "auto"
-    assert cfg.trainer.strategy._target_.endswith("DDPStrategy") and cfg.trainer.plugins[1]._target_.endswith("SLURMEnvironment")
+    assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
+    assert cfg.trainer.plugins[1]._target_.endswith("SLURMEnvironment")
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
