@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (< 8 minutes on one H100/H200), run when a GPU machine is lent:
 #   1. SD-1.5-sized model, training step time / frames/s / peak memory / FLOP utilisation (bench/train_step.py)
-#   2. sdpa versus xformers attention on the same model
+#   2. sdpa versus xformers attention on the same model; stage video at 512x512 x 16 with checkpointing against
+#      bench/sd15_memory.py's meta-device prediction (step time, MFU, peak memory)
 #   3. issue 13 on one GPU: DDP (find_unused_parameters=False) with whole conditions dropped,
 #      trainer=fsdp (FSDP2: EMA, stage weights, sample video, sharded checkpoint, resume=auto), the tiny
 #      model trained with attention_backend=xformers (both stages), xformers vs sdpa past batch 65,535
@@ -35,6 +36,10 @@ for backend in sdpa xformers; do
     --size 512 --steps 5 --out "$OUT/train_step_sd15_$backend.json" model.attention_backend="$backend" 2>&1 | tail -20 \
     || echo "train_step with $backend failed (see above)"
 done
+
+# 2b: the prediction of bench/sd15_memory.py checked (stage video, 512x512 x 16, bf16, checkpointing on)
+timeout 150 python3 bench/sd15_memory.py gpu --device cuda --steps 3 > "$OUT/sd15_memory_gpu.json" 2>"$OUT/sd15_memory_gpu.log" \
+  && cat "$OUT/sd15_memory_gpu.json" || { echo "sd15_memory gpu failed:"; tail -5 "$OUT/sd15_memory_gpu.log"; }
 
 # 3: issue 13 on one GPU, tiny model on synthetic shards (each run a few steps; logs under $OUT).
 python3 -m fgbg.synth output=/tmp/gpu_synth num_videos=16 num_frames=8 seed=0 videos_per_shard=8 >/dev/null

@@ -143,16 +143,8 @@ def norm(path: str) -> str:
     return os.path.normpath(path)
 
 
-def known_broken(cmd: Command):
-    """docs/scaling.md is being rewritten by its owner (issue 17, point 5): its fgbg_sd15 sweep lacks the weight
-    folders. Marked only while that is so (strict: a fixed command that still carried the mark would fail)."""
-    if cmd.doc == "docs/scaling.md" and "model=fgbg_sd15" in cmd.argv and "model.unet.pretrained" not in str(cmd):
-        return pytest.param(cmd, marks=pytest.mark.xfail(reason="docs/scaling.md: fgbg_sd15 without its weight folders", strict=True))  # fmt: skip
-    return cmd
-
-
 @pytest.mark.parametrize(
-    "cmd", [known_broken(c) for c in COMMANDS if c.argv[0].startswith("fgbg-") or c.argv[1:2] == ["app"]], ids=str
+    "cmd", [c for c in COMMANDS if c.argv[0].startswith("fgbg-") or c.argv[1:2] == ["app"]], ids=str
 )
 def test_documented_hydra_command_composes_with_every_required_value(cmd):
     for app, args in hydra_runs(cmd):
