@@ -196,6 +196,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--methods", nargs="+", default=["fgbg", "animatediff_freenoise"])
     p.add_argument("--repeats", type=int, default=1, help="timed runs per case (the fastest is kept)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_video.json"), help="results JSON")
     p.add_argument("--child", nargs=2, metavar=("METHOD", "FRAMES"))
     args = p.parse_args()
     if args.child:
@@ -248,7 +249,7 @@ def main() -> None:
         "command": "python bench/long_video.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
     }
-    path = ROOT / "bench" / "results" / "long_video.json"
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(
