@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK, HEADER = 32768, 7
 
 
-def read_records(path: Path) -> list[pb.Record]:
+def _parse(path: Path) -> list[pb.Record]:
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B", f"{path}: not a wandb record file"
     records, pending, pos = [], b"", HEADER
@@ -37,6 +39,24 @@ def read_records(path: Path) -> list[pb.Record]:
             records.append(record)
             pending = b""
     return records
+
+
+def read_records(path: Path, timeout: float = 120.0) -> list[pb.Record]:
+    """The run's records once the file is whole. ``wandb.finish()`` can return while wandb-core is still writing
+    an offline run's file (seen under load: a truncated last record, or rows not yet there), so wait for the
+    ``exit`` record that closes every finished run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _parse(path)
+            if any(r.HasField("exit") for r in records):
+                return records
+            problem = "no exit record yet"
+        except (DecodeError, AssertionError, struct.error) as err:  # a record still being written
+            problem = repr(err)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: not a finished wandb run after {timeout:.0f} s ({problem})")
+        time.sleep(0.2)
 
 
 def history_rows(records: list[pb.Record]) -> list[dict]:
