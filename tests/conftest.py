@@ -21,6 +21,23 @@ from fgbg.data.shards import ClipShardWriter
 REPO = Path(__file__).resolve().parents[1]
 
 
+def train_config(run_dir: Path, overrides: list[str]):
+    """``fgbg-train``'s config for ``overrides`` with its run folder at ``run_dir`` and Hydra's runtime set, as the
+    CLI would (for calling ``fgbg.train.train`` in this process)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fgbg.utils.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
 def run_synth(out: Path, num_videos: int = 4, videos_per_shard: int | None = None, num_frames: int = 8,
               seed: int = 0) -> Path:  # fmt: skip
     """Write ``num_videos`` clips of ``num_frames`` frames into ``out`` with the real ``fgbg-synth`` (a subprocess)."""

@@ -11,11 +11,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from fgbg.train import CONF_DIR, train
+from fgbg.train import train
+from tests.conftest import train_config
 from tests.test_model import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +31,9 @@ def shard(tmp_path_factory) -> str:
     ("precision", "checkpointing"), [("bf16-mixed", False), ("32-true", True), ("bf16-mixed", True)]
 )
 def test_precision_and_gradient_checkpointing_train_on_cpu(tmp_path, shard, precision, checkpointing):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose_debug(tmp_path, shard, [f"trainer.precision={precision}",
-                                              f"callbacks.gradient_checkpointing.enabled={checkpointing}"])  # fmt: skip
-        metrics = train(cfg)
+    cfg = compose_debug(tmp_path, shard, [f"trainer.precision={precision}",
+                                          f"callbacks.gradient_checkpointing.enabled={checkpointing}"])  # fmt: skip
+    metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/skipped_steps"] == 0
 
 
@@ -79,17 +76,10 @@ def test_gradients_with_checkpointing_equal_those_without(stage):
 
 def compose_debug(tmp_path, shard: str, overrides: list[str]):
     """The debug training config (2 steps on CPU) on ``shard``, with its run folder in ``tmp_path``."""
-    cfg = compose(
-        "train",
-        overrides=["experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}",
-                   f"data.val_shards={shard}", "data.resolution=32", "callbacks.sample_video.num_samples=1",
-                   "extras.print_config=false", *overrides],
-        return_hydra_config=True,
-    )  # fmt: skip
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return train_config(tmp_path, [
+        "experiment=synthetic_tiny_image", "debug=default", f"data.train_shards={shard}", f"data.val_shards={shard}",
+        "data.resolution=32", "callbacks.sample_video.num_samples=1", "extras.print_config=false", *overrides,
+    ])  # fmt: skip
 
 
 FORMATS: dict[str, bool] = {}
@@ -107,10 +97,9 @@ class ConvFormatProbe(L.Callback):
 
 
 def test_channels_last_trains_on_cpu_and_keeps_the_conv_weights_channels_last(tmp_path, shard):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose_debug(tmp_path, shard, ["callbacks.channels_last.enabled=true",
-                                              f"+callbacks.probe._target_={__name__}.ConvFormatProbe"])  # fmt: skip
-        metrics = train(cfg)
+    cfg = compose_debug(tmp_path, shard, ["callbacks.channels_last.enabled=true",
+                                          f"+callbacks.probe._target_={__name__}.ConvFormatProbe"])  # fmt: skip
+    metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/skipped_steps"] == 0
     assert len(FORMATS) > 20 and all(FORMATS.values()), [n for n, ok in FORMATS.items() if not ok]
 
@@ -128,15 +117,14 @@ def test_adamw_8bit_keeps_the_lr_and_fails_clearly_without_bitsandbytes_or_cuda(
 
     from fgbg.models.optim import adamw_8bit
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose_debug(tmp_path, shard, ["+model/optimizer=adamw8bit", "model.optimizer.lr=3e-4"])
-        assert cfg.model.optimizer._target_ == "fgbg.models.optim.adamw_8bit" and cfg.model.optimizer.lr == 3e-4
-        if importlib.util.find_spec("bitsandbytes") is None:
-            with pytest.raises(ImportError, match=r"adamw8bit needs bitsandbytes, which is not installed"):
-                train(cfg)
-        else:  # installed, but the parameters are on CPU
-            with pytest.raises(RuntimeError, match=r"expects parameters on a CUDA device, got \['cpu'\]"):
-                train(cfg)
+    cfg = compose_debug(tmp_path, shard, ["+model/optimizer=adamw8bit", "model.optimizer.lr=3e-4"])
+    assert cfg.model.optimizer._target_ == "fgbg.models.optim.adamw_8bit" and cfg.model.optimizer.lr == 3e-4
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ImportError, match=r"adamw8bit needs bitsandbytes, which is not installed"):
+            train(cfg)
+    else:  # installed, but the parameters are on CPU
+        with pytest.raises(RuntimeError, match=r"expects parameters on a CUDA device, got \['cpu'\]"):
+            train(cfg)
 
     # The device check, whether or not bitsandbytes is installed here: a stand-in module that must not be reached.
     stub = types.ModuleType("bitsandbytes")

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from fgbg.train import CONF_DIR, train
+from tests.conftest import train_config
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -46,19 +47,9 @@ def test_every_experiment_composes():
 
 
 def test_train_in_process_writes_logs_and_stage_weights(tmp_path, synth_shard):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["experiment=synthetic_tiny_image", f"data.train_shards={synth_shard}",
-                       f"data.val_shards={synth_shard}", *FAST],
-            return_hydra_config=True,
-        )  # fmt: skip
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path)
-            cfg.paths.log_dir = str(tmp_path)
-            cfg.hydra.runtime.output_dir = str(tmp_path)
-        HydraConfig().set_config(cfg)
-        metrics = train(cfg)
+    cfg = train_config(tmp_path, ["experiment=synthetic_tiny_image", f"data.train_shards={synth_shard}",
+                                  f"data.val_shards={synth_shard}", *FAST])  # fmt: skip
+    metrics = train(cfg)
     assert "train/loss" in metrics and "val/loss" in metrics
     assert (tmp_path / "checkpoints" / "image.safetensors").is_file()
     assert (tmp_path / "checkpoints" / "image_ema.safetensors").is_file()

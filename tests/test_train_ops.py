@@ -7,30 +7,20 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from fgbg.callbacks.checkpoint import KeepLastCheckpoint
 from fgbg.config_checks import ConfigError, check_train_config
-from fgbg.train import CONF_DIR, apply_extras, train
+from fgbg.train import apply_extras, train
+from tests.conftest import train_config
 from tests.test_train import FAST
 
 
 def compose_run(tmp_path: Path, shard: str, overrides: list[str]):
     """The tiny image-stage config on ``shard``, run folder ``tmp_path``, Hydra's runtime set as the CLI would."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["experiment=synthetic_tiny_image", f"data.train_shards={shard}", "data.val_shards=null",
-                       *FAST, "trainer.val_check_interval=null", "trainer.limit_val_batches=0", "logger=csv",
-                       *overrides],
-            return_hydra_config=True,
-        )  # fmt: skip
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return train_config(tmp_path, [
+        "experiment=synthetic_tiny_image", f"data.train_shards={shard}", "data.val_shards=null", *FAST,
+        "trainer.val_check_interval=null", "trainer.limit_val_batches=0", "logger=csv", *overrides,
+    ])  # fmt: skip
 
 
 def ckpt_names(run: Path) -> list[str]:
