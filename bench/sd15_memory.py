@@ -276,7 +276,7 @@ def build_model(overrides: list[str]):
     return instantiate(cfg.model)
 
 
-def parameter_bytes(model) -> dict:
+def parameter_counts(model) -> dict:
     """Parameters per component, all and trainable (counts; bytes follow from the dtypes chosen)."""
     out = {}
     for comp in COMPONENTS:
@@ -500,7 +500,7 @@ def child(args) -> dict:
                    optimizer=args.device == "meta", release_grads=args.device == "cpu")  # fmt: skip
     row |= {"stage": args.stage, "size": args.size, "frames": args.frames if args.stage == "video" else 1,
             "batch": args.batch, "device": args.device, "load_seconds": round(load_s, 1),
-            "parameters": parameter_bytes(model), "autocast_params": autocast_params(model)}  # fmt: skip
+            "parameters": parameter_counts(model), "autocast_params": autocast_params(model)}  # fmt: skip
     if args.device == "meta":
         row["fsdp_units"] = fsdp_units(model)
     return row
@@ -521,8 +521,7 @@ def gpu(args) -> dict:
     run as ``gpu``), batch 1, bf16 autocast, checkpointing on, random weights, sdpa and xformers."""
     import torch
 
-    size = 512 if args.size == 256 else args.size
-    frames = 16 if args.frames == 8 else args.frames
+    size, frames = args.size or 512, args.frames or 16
     batch = make_batch(size, frames, 1)
     device = torch.device(args.device if args.device != "cpu" or not torch.cuda.is_available() else "cuda")
     rows = []
@@ -673,8 +672,8 @@ def main() -> None:
     parser.add_argument("command", nargs="?", default="all", choices=["all", "write", "predict", "child", "gpu"])
     parser.add_argument("--out", type=Path, default=None, help="write: the folder for the public-format weights")
     parser.add_argument("--tiny", action="store_true", help="write: the same layout at a few MB (tests)")
-    parser.add_argument("--size", type=int, default=256, help="measured steps: image size")
-    parser.add_argument("--frames", type=int, default=8, help="measured steps: frames of stage video")
+    parser.add_argument("--size", type=int, default=None, help="image size (measured steps: 256; gpu: 512)")
+    parser.add_argument("--frames", type=int, default=None, help="frames of stage video (measured steps: 8; gpu: 16)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     # child
     parser.add_argument("--stage", default="image")
@@ -685,6 +684,8 @@ def main() -> None:
     parser.add_argument("--paths", default="{}")
     parser.add_argument("--steps", type=int, default=3, help="gpu: steps timed (the first warms up)")
     args = parser.parse_args()
+    if args.command != "gpu":
+        args.size, args.frames = args.size or 256, args.frames or 8
 
     if args.command == "child":
         print(json.dumps(child(args)))
