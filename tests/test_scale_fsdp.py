@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from fgbg.callbacks.ema import find_ema
 from fgbg.callbacks.steps import OptimizerStepGate
 from fgbg.models.sharding import full_state
+from tests.conftest import train_config
 from tests.test_scale import run_train
 
 ME = "tests.test_scale_fsdp"
@@ -82,21 +83,6 @@ def test_optimizer_step_gate_fires_once_per_step_and_never_at_the_start():
     assert not OptimizerStepGate().due(SimpleNamespace(global_step=5), 0), "every_n 0 never fires"
 
 
-def _compose(overrides: list[str], out: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from fgbg.train import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
 def _overrides(shard: str, record: str, steps: int, every: int) -> list[str]:
     return [
         "experiment=synthetic_tiny_image", f"data.train_shards={shard}", f"data.val_shards={shard}",
@@ -132,8 +118,8 @@ def test_accumulated_batches_step_the_ema_and_write_files_once_per_optimizer_ste
     from fgbg.train import train
 
     record = tmp_path / "record.pt"
-    cfg = _compose([*_overrides(synth_shard, str(record), 4, 2), "trainer.accumulate_grad_batches=4",
-                    "data.batch_size=1"], tmp_path)  # fmt: skip
+    cfg = train_config(tmp_path, [*_overrides(synth_shard, str(record), 4, 2), "trainer.accumulate_grad_batches=4",
+                                  "data.batch_size=1"])  # fmt: skip
     train(cfg)
     _check_ema_and_files(torch.load(record), tmp_path / "checkpoints", 4, 2)
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.mp4")) == ["step000002.mp4", "step000004.mp4"]
@@ -157,7 +143,7 @@ def test_fsdp_sim_trains_and_writes_full_weights_ema_samples_and_sharded_checkpo
     rec = torch.load(record)
     assert rec["world_size"] == 2
     _check_ema_and_files(rec, run / "checkpoints", 4, 2)
-    model = instantiate(_compose(["experiment=synthetic_tiny_image"], tmp_path / "x").model)
+    model = instantiate(train_config(tmp_path / "x", ["experiment=synthetic_tiny_image"]).model)
     for name in ("image.safetensors", "image_ema.safetensors"):
         assert load_stage_weights(model, str(run / "checkpoints" / name)) == "image"
     assert (run / "samples" / "step000004.mp4").is_file() and (run / "samples" / "step000004_sheet.png").is_file()
@@ -178,7 +164,7 @@ def test_fsdp_sim_trains_stage_video_with_gradient_checkpointing(tmp_path, synth
             "model.cfg_dropout.pose=0.5", "model.cfg_dropout.tracks=0.5", "run_name=video"]  # fmt: skip
     run_train(args, tmp_path, timeout=900)  # tests.test_scale: the real CLI in a subprocess
     run = tmp_path / "synthetic_tiny_image" / "runs" / "video"
-    model = instantiate(_compose(["experiment=synthetic_tiny_image", "model.stage=video"], tmp_path / "x").model)
+    model = instantiate(train_config(tmp_path / "x", ["experiment=synthetic_tiny_image", "model.stage=video"]).model)
     for name in ("video.safetensors", "video_ema.safetensors"):
         assert load_stage_weights(model, str(run / "checkpoints" / name)) == "video"
     assert (run / "samples" / "step000002.mp4").is_file()
