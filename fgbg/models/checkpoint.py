@@ -54,6 +54,24 @@ def copy_exact(module, f, expected: set[str], what: str) -> None:
             params[k].copy_(t.to(params[k].dtype))
 
 
+def load_init_weights(module, path: str) -> str:
+    """``model.init_from``: stage weights (returns their stage) or a model bundle (returns ``"bundle"``).
+
+    A bundle (``python -m fgbg.models.bundle``) carries what both stages train, so a run started
+    from one fine-tunes a trained model (e.g. the demo model on one's own videos) with the other
+    stage's weights kept: a stage-image run keeps the bundle's motion modules. Strict either way.
+    """
+    from fgbg.models.bundle import FORMAT as BUNDLE_FORMAT
+    from fgbg.models.bundle import bundle_names
+
+    if os.path.isfile(path):
+        with safe_open(path, framework="pt") as f:
+            if (f.metadata() or {}).get("format") == BUNDLE_FORMAT:
+                copy_exact(module, f, bundle_names(module), f"model.init_from={path}: bundle does not match this model")
+                return "bundle"
+    return load_stage_weights(module, path)
+
+
 def load_stage_weights(module, path: str) -> str:
     """Copy the stage weights in ``path`` into ``module``; returns the stage they belong to.
 
@@ -61,7 +79,9 @@ def load_stage_weights(module, path: str) -> str:
     from the stage's trainable set (listing a few missing/unexpected names) or shapes differ.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model.init_from={path!r}: no such file (expected stage weights .safetensors)")
+        raise FileNotFoundError(
+            f"model.init_from={path!r}: no such file (expected stage weights or a model bundle, .safetensors)"
+        )
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT or meta.get("stage") not in ("image", "video"):

@@ -46,7 +46,7 @@ from torchmetrics import MeanMetric
 
 from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import dilate, motion_hint
-from fgbg.models.person_hint import person_hint
+from fgbg.models.person_hint import drop_reference_keypoints, person_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
 from fgbg.models.unets import Denoiser, ReferenceNet, down_residual_specs
 from fgbg.utils.config import plain_dict
@@ -163,6 +163,7 @@ class FgbgModule(L.LightningModule):
         person_loss_weight: float = 1.0,
         person_hint: bool = False,
         person_hint_radius: float = 0.6,
+        reference_keypoints_dropout: float = 0.0,
         use_tracks: bool = True,
         init_from: str | None = None,
         per_sample_seed: int | None = None,
@@ -183,6 +184,17 @@ class FgbgModule(L.LightningModule):
         self.use_motion_hint = motion_hint and use_tracks
         self.use_person_hint = person_hint
         self.person_hint_radius = person_hint_radius
+        if not (
+            isinstance(reference_keypoints_dropout, (int, float))
+            and not isinstance(reference_keypoints_dropout, bool)
+            and 0 <= reference_keypoints_dropout <= 1
+        ):
+            raise ValueError(
+                f"model.reference_keypoints_dropout={reference_keypoints_dropout!r}: expected a rate in [0, 1]"
+            )
+        # Training drops the reference keypoints alone at this rate (person hint zero, pose and reference kept), as
+        # generation has it when mediapipe finds no person in the reference (fgbg.models.person_hint).
+        self.reference_keypoints_dropout = float(reference_keypoints_dropout)
         self.hint_mask_dilation = hint_mask_dilation
         self.link_prob = link_prob
         self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | plain_dict(cfg_dropout)
@@ -240,9 +252,9 @@ class FgbgModule(L.LightningModule):
             raise ValueError("denoiser and ReferenceNet spatial self-attention layers do not pair up by name")
         self.apply_stage()
         if init_from:
-            from fgbg.models.checkpoint import load_stage_weights
+            from fgbg.models.checkpoint import load_init_weights
 
-            load_stage_weights(self, init_from)
+            load_init_weights(self, init_from)
 
     # ------------------------------------------------------------------ stages
     def trainable_names(self, stage: str | None = None) -> set[str]:
@@ -526,6 +538,9 @@ class FgbgModule(L.LightningModule):
         frames = cond["frames"]
         b, f = frames.shape[:2]
         dev = frames.device
+        if dropout and self.use_person_hint and self.reference_keypoints_dropout > 0:  # no draw at 0: same stream
+            drop = self._rand(b, generator, dev) < self.reference_keypoints_dropout
+            cond["reference_keypoints"] = drop_reference_keypoints(cond["reference_keypoints"], drop)
         with torch.no_grad():
             z0 = self.latent.encode(frames.flatten(0, 1).to(self.dtype), generator).unflatten(0, (b, f))
         # Stage video trains only the motion modules: the conditioning parts run without a graph.
