@@ -45,7 +45,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from fgbg.models.attention import ReferenceBank, check_backend, set_processors
-from fgbg.models.motion_hint import dilate, motion_hint
+from fgbg.models.motion_hint import FITS, dilate, motion_hint
 from fgbg.models.person_hint import drop_reference_keypoints, person_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
 from fgbg.models.unets import Denoiser, ReferenceNet, down_residual_specs
@@ -151,6 +151,7 @@ class FgbgModule(L.LightningModule):
         controlnet: Mapping | None = None,
         track_encoder: Mapping | None = None,
         motion_hint: bool = True,
+        motion_hint_fit: str = "irls",
         hint_mask_dilation: int = 1,
         link_prob: float = 0.2,
         cfg_dropout: Mapping | None = None,
@@ -182,6 +183,9 @@ class FgbgModule(L.LightningModule):
         self.stage = stage
         self.use_tracks = use_tracks
         self.use_motion_hint = motion_hint and use_tracks
+        if motion_hint_fit not in FITS:
+            raise ValueError(f"model.motion_hint_fit={motion_hint_fit!r}: expected one of {FITS}")
+        self.motion_hint_fit = motion_hint_fit
         self.use_person_hint = person_hint
         self.person_hint_radius = person_hint_radius
         if not (
@@ -365,6 +369,7 @@ class FgbgModule(L.LightningModule):
                 cond["track_anchor_visible"].bool(),
                 ctx.image_size,
                 self.hint_mask_dilation,
+                self.motion_hint_fit,
             )
         if self.use_person_hint:
             out["person_hint"] = person_hint(

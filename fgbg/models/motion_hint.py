@@ -10,6 +10,10 @@ Coordinates follow ``fgbg.data.schema``: continuous pixel coordinates with the
 origin at the top-left corner of the top-left pixel, the ``align_corners=False``
 convention of ``grid_sample``. An affine ``A`` is a (2, 3) matrix mapping a
 reference point ``(x, y)`` to ``A @ (x, y, 1)`` in frame t.
+
+The affine is fitted robustly by default (``fit="irls"``, ``fit_affine_robust``): tracks
+on something that moves on its own (a swaying tree, a passer-by, parallax of a near
+object) are down-weighted to zero, so they do not bend the camera motion.
 """
 
 from __future__ import annotations
@@ -56,13 +60,87 @@ def fit_affine(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor,
     prior[..., 2, :] = centre + shift
     lhs = xtw @ x + reg
     rhs = xtw @ points + reg @ prior
-    sol = torch.linalg.solve(lhs, rhs)  # (B, T, 3, 2): rows = coefficients of xc, yc, 1
+    sol = torch.linalg.solve_ex(lhs, rhs)[0]  # (B, T, 3, 2): rows = coefficients of xc, yc, 1
     lin = sol[..., :2, :].transpose(-1, -2)  # (B, T, 2, 2)
     offset = sol[..., 2, :] - (lin @ centre[..., None])[..., 0]
     affine = torch.cat([lin, offset[..., None]], -1)
 
     out = torch.where((count >= 3)[..., None, None], affine, translation)
     return torch.where((count == 0)[..., None, None], eye, out)
+
+
+FITS = ("irls", "lstsq")
+
+
+def _hash_keys(hypotheses: int, n: int, device: torch.device) -> torch.Tensor:
+    """(hypotheses, n) fixed pseudo-random numbers in [0, 1), made on ``device`` (no generator, no copy)."""
+    i = torch.arange(hypotheses * n, device=device, dtype=torch.float32).reshape(hypotheses, n)
+    return torch.frac(torch.sin(i * 12.9898 + 78.233) * 43758.5453)
+
+
+def fit_affine_robust(
+    anchor: torch.Tensor,
+    points: torch.Tensor,
+    weight: torch.Tensor,
+    hypotheses: int = 64,
+    inlier_px: float = 2.0,
+    iterations: int = 5,
+    tukey_c: float = 4.0,
+    min_scale: float = 0.5,
+    ridge: float = 1e-3,
+) -> torch.Tensor:
+    """:func:`fit_affine` made robust to tracks that move on their own, batched; same arguments and result.
+
+    1. Hypotheses: ``hypotheses`` affines per frame, each the fit to 3 of the frame's weighted points
+       (the same fixed pseudo-random triples in every call, so the fit is deterministic).
+    2. The hypothesis with the least truncated loss ``sum weight * min(r^2, inlier_px^2)`` over all
+       points (``r``: a point's residual in pixels) starts the refinement: with 30% of the tracks on a
+       swaying element, least squares is bent by several pixels and a reweighting started from it
+       stays there; among 64 triples one is all background unless the outliers are placed adversarially
+       (with 30% outliers at random, none is with probability 0.66^64, about 2e-12).
+    3. ``iterations`` rounds of iteratively reweighted least squares with Tukey's biweight: weights
+       ``weight * (1 - (r / (tukey_c * s))^2)^2``, 0 beyond ``tukey_c * s``, where the scale
+       ``s = max(median r over the frame's weighted points, min_scale)``.
+
+    Only tensor operations with fixed shapes and iteration counts (no data-dependent branch, no host
+    sync), so it runs inside a training step on the GPU. With tracks that one affine explains to well
+    under ``min_scale`` px, every final weight is 1 to within ``(r / (tukey_c * min_scale))^2`` and the
+    result is the least-squares fit. Computed in float32 at least, returned in the dtype of ``points``.
+    """
+    dtype = points.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    anchor, points, base = anchor.to(work), points.to(work), weight.to(work)
+    b, t, n, _ = points.shape
+    on = base > 0
+    # 1. triples: the 3 weighted points with the highest keys of each hypothesis (unweighted ones rank below)
+    keys = torch.where(on[:, :, None], _hash_keys(hypotheses, n, points.device).to(work), -1.0)  # (B, T, H, N)
+    triple = torch.zeros_like(keys).scatter_(-1, keys.topk(min(3, n), dim=-1).indices, 1.0) * base[:, :, None]
+    many = points[:, :, None].expand(b, t, hypotheses, n, 2).reshape(b, t * hypotheses, n, 2)
+    hyps = fit_affine(anchor, many, triple.reshape(b, t * hypotheses, n), ridge).reshape(b, t, hypotheses, 2, 3)
+    # 2. the hypothesis most points agree with
+    anchor_h = torch.cat([anchor, torch.ones_like(anchor[..., :1])], -1)  # (B, N, 3)
+    r2 = (torch.einsum("bthij,bnj->bthni", hyps, anchor_h) - points[:, :, None]).square().sum(-1)
+    loss = (r2.clamp(max=inlier_px**2) * base[:, :, None]).sum(-1)  # (B, T, H)
+    best = torch.nan_to_num(loss, nan=torch.inf).argmin(-1)
+    affine = torch.gather(hyps, 2, best[..., None, None, None].expand(b, t, 1, 2, 3))[:, :, 0]
+    # 3. Tukey IRLS from there
+    anchor_h = anchor_h[:, None].expand(b, t, n, 3)
+    for _ in range(iterations):
+        residual = (anchor_h @ affine.transpose(-1, -2) - points).norm(dim=-1)  # (B, T, N)
+        median = torch.nanmedian(torch.where(on, residual, torch.nan), dim=-1).values  # NaN for an empty frame
+        scale = torch.nan_to_num(median, nan=min_scale).clamp_min(min_scale)
+        robust = (1 - (residual / (tukey_c * scale[..., None])).square()).clamp_min(0).square()
+        affine = fit_affine(anchor, points, base * robust, ridge)
+    return affine.to(dtype)
+
+
+def fit_motion(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor, fit: str = "irls") -> torch.Tensor:
+    """The per-frame affine by ``fit``: ``irls`` (:func:`fit_affine_robust`) or ``lstsq`` (:func:`fit_affine`)."""
+    if fit == "irls":
+        return fit_affine_robust(anchor, points, weight)
+    if fit == "lstsq":
+        return fit_affine(anchor, points, weight)
+    raise ValueError(f"model.motion_hint_fit={fit!r}: expected one of {FITS}")
 
 
 def _normaliser(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -85,7 +163,7 @@ def warp_affine(image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int
     m = affine.shape[0]
     full = torch.cat([affine, affine.new_tensor([0.0, 0.0, 1.0]).expand(m, 1, 3)], 1)  # (M, 3, 3)
     n = _normaliser(height, width, affine)
-    theta = n @ torch.linalg.inv(full) @ torch.linalg.inv(n)  # output normalised -> input normalised
+    theta = n @ torch.linalg.inv_ex(full)[0] @ torch.linalg.inv_ex(n)[0]  # output normalised -> input normalised
     grid = F.affine_grid(theta[:, :2], list(image.shape), align_corners=False)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -106,6 +184,7 @@ def motion_hint(
     track_anchor_visible: torch.Tensor,
     image_size: tuple[int, int],
     mask_dilation: int = 1,
+    fit: str = "irls",
 ) -> torch.Tensor:
     """Reference warped to every frame by the affine fitted to the tracks, plus validity.
 
@@ -113,13 +192,14 @@ def motion_hint(
     resolution (or None: nothing masked); tracks: (B, T, N, 2) pixels;
     track_visible: (B, T, N) bool; track_anchor: (B, N, 2); track_anchor_visible: (B, N).
     The person (mask dilated by ``mask_dilation`` px, then max-pooled to the latent
-    grid) is removed before warping so it leaves no ghost. Returns (B, T, c + 1, h, w):
+    grid) is removed before warping so it leaves no ghost. ``fit``: ``irls`` (robust to tracks
+    that move on their own) or ``lstsq`` (:func:`fit_motion`). Returns (B, T, c + 1, h, w):
     the warped masked reference and a validity channel in [0, 1].
     """
     b, c, h, w = reference_latent.shape
     t = tracks.shape[1]
     weight = (track_visible & track_anchor_visible[:, None]).to(tracks.dtype)
-    affine = fit_affine(track_anchor, tracks, weight)  # (B, T, 2, 3)
+    affine = fit_motion(track_anchor, tracks, weight, fit)  # (B, T, 2, 3)
     if reference_mask is None:
         valid = torch.ones(b, 1, h, w, dtype=reference_latent.dtype, device=reference_latent.device)
     else:
