@@ -85,7 +85,12 @@ def import_mediapipe():
 
 
 class MediaPipePose:
-    """BlazePose through ``mediapipe.solutions.pose`` in video mode (tracks the person across frames)."""
+    """BlazePose through ``mediapipe.solutions.pose`` in video mode (tracks the person across frames).
+
+    After ``enable_segmentation()``, the same pass also gives the tracked person's mask:
+    ``segmentation`` holds the last frame's person probability (H, W) float32, or None when no
+    person was found (``masks.name=pose`` reads it, so pose runs once per frame).
+    """
 
     name = "mediapipe-blazepose"
 
@@ -109,6 +114,12 @@ class MediaPipePose:
         )
         self.version = f"mediapipe-{self._mp.__version__} complexity={model_complexity}"
         self._pose = None
+        self.segmentation: np.ndarray | None = None
+        self.reset()
+
+    def enable_segmentation(self) -> None:
+        """Also compute the person mask of the tracked person (``segmentation``) in every call."""
+        self._kwargs["enable_segmentation"] = True
         self.reset()
 
     def reset(self) -> None:
@@ -116,10 +127,13 @@ class MediaPipePose:
         # so a video gives the same keypoints whatever was processed before it.
         self.close()
         self._pose = self._mp.solutions.pose.Pose(**self._kwargs)
+        self.segmentation = None
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
         h, w = frame.shape[:2]
         result = self._pose.process(np.ascontiguousarray(frame))
+        mask = getattr(result, "segmentation_mask", None)
+        self.segmentation = None if mask is None else mask.astype(np.float32, copy=False)
         if result.pose_landmarks is None:
             return None
         # Landmarks are normalised by the image size: x * W is a corner-origin pixel coordinate.
