@@ -49,8 +49,8 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
 
     Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
-    data.max_tracks``; ``model.cfg_dropout.*`` and ``model.link_prob`` in [0, 1]; no epsilon prediction with
-    ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
+    data.max_tracks``; ``model.cfg_dropout.*``, ``model.link_prob`` and ``model.reference_keypoints_dropout``
+    in [0, 1]; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
     :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files.
     """
@@ -102,6 +102,10 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     link_prob = _get(model, "link_prob", 0.0)
     if not (_number(link_prob) and 0 <= link_prob <= 1):
         problems.append(f"model.link_prob={link_prob!r}: expected a probability in [0, 1]")
+
+    kp_drop = _get(model, "reference_keypoints_dropout", 0.0)
+    if not (_number(kp_drop) and 0 <= kp_drop <= 1):
+        problems.append(f"model.reference_keypoints_dropout={kp_drop!r}: expected a rate in [0, 1]")
 
     for key, value in (plain(cfg.get("extras")) or {}).items():
         if key not in TRAIN_EXTRAS:

@@ -15,7 +15,9 @@ across the image. With this hint, "where" and "what" arrive together at the inpu
 It depends only on keypoints and the reference, so generation has it too (reference
 keypoints from a file, from mediapipe, or the driving sample's first frame);
 without reference keypoints it is zero, which the model also sees in training
-(classifier-free dropout of the reference or the pose).
+(classifier-free dropout of the reference or the pose, and ``drop_reference_keypoints``:
+the reference keypoints alone dropped, pose and reference kept, as at generation when
+mediapipe finds no person in the reference).
 
 Coordinates: pixels with the corner origin of ``fgbg.data.schema``; cell (i, j) of
 an (h, w) latent grid covering an (H, W) image has its centre at
@@ -135,3 +137,15 @@ def person_hint(
     valid = warped[:, :, c:].clamp(0.0, 1.0)
     colour = warped[:, :, :c] / valid.clamp_min(1e-3) * (valid > 0.5).to(warped.dtype)
     return torch.cat([colour, valid], 2)
+
+
+def drop_reference_keypoints(reference_keypoints: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Reference keypoints (B, K, 3) with those of the samples where ``drop`` (B,) is True made absent.
+
+    Absent is what generation feeds without reference keypoints: all zeros, no confident joint
+    (``fgbg.datamodules.VideoJobs`` fills zeros when ``fgbg-generate`` has none, by
+    ``reference_keypoints=none`` or when mediapipe finds no person). ``person_hint`` then gives
+    such a sample the same input in training and at generation: zeros
+    (``tests/test_reference_keypoint_dropout.py`` compares the two).
+    """
+    return reference_keypoints.masked_fill(drop.to(torch.bool)[:, None, None], 0.0)
