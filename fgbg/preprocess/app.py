@@ -10,19 +10,28 @@ manifest lists as ``done`` or ``skipped`` (failed ones are retried); a video
 that was interrupted has its partial shards removed and is redone. Each video
 has its own shard files, named from its id, so the output of an interrupted and
 resumed run equals that of an uninterrupted one.
+
+Parts (``part=I/N``, or ``part=I parts=N``; a SLURM array through
+``preprocess_launcher=submitit_slurm``, docs/preprocess.md) share one output folder
+and one ``manifest.json``: every change is a read-merge-write of the file on disk
+under an exclusive ``flock`` on ``manifest.json.lock``, so parts finishing videos
+at the same moment never drop each other's entries.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing as mp
+import os
 import re
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -37,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("done", "skipped")
 # Keys that do not change what is written: they are left out of the settings a manifest is tied to.
-_RUN_KEYS = ("input", "output", "workers", "part", "overwrite", "split_val", "split_seed")
+_RUN_KEYS = ("input", "output", "workers", "part", "parts", "overwrite", "split_val", "split_seed")
 _LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
@@ -82,14 +91,28 @@ def list_videos(inputs) -> list[VideoSource]:
     return sorted(sources.values(), key=lambda s: s.video_id)
 
 
-def parse_part(part) -> tuple[int, int] | None:
-    """``"I/N"`` (0 <= I < N) -> (I, N); None -> None."""
+def parse_part(part, parts=None) -> tuple[int, int] | None:
+    """``"I/N"`` (0 <= I < N) -> (I, N); an index ``I`` with ``parts=N`` -> (I, N); None -> None.
+
+    ``parts`` (the number of parts, default 1) only matters for a bare index (the form a
+    ``preprocess_launcher=submitit_slurm`` sweep passes); with ``"I/N"`` it must be 1 or N.
+    """
+    if parts is not None and (isinstance(parts, bool) or not isinstance(parts, int) or parts < 1):
+        raise ValueError(f"parts must be a whole number of parts >= 1 (e.g. parts=16), got {parts!r}")
     if part is None:
         return None
+    if isinstance(part, int) and not isinstance(part, bool):
+        n = parts or 1
+        if not 0 <= part < n:
+            raise ValueError(f"part={part} with parts={n}: expected 0 <= part < parts (or part='I/N')")
+        return part, n
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(part))
     if not match or not 0 <= int(match[1]) < int(match[2]):
         raise ValueError(f"part must be 'I/N' with 0 <= I < N (e.g. part=0/4), got {part!r}")
-    return int(match[1]), int(match[2])
+    i, n = int(match[1]), int(match[2])
+    if parts not in (None, 1, n):
+        raise ValueError(f"part={part!r} says {n} parts but parts={parts}: give one of them")
+    return i, n
 
 
 def select_part(sources: list, part: tuple[int, int] | None) -> list:
@@ -100,28 +123,66 @@ def select_part(sources: list, part: tuple[int, int] | None) -> list:
     return sources[len(sources) * i // n : len(sources) * (i + 1) // n]
 
 
-def manifest_name(part: tuple[int, int] | None) -> str:
-    """``manifest.json``, or one file per part so parts can share an output folder."""
-    return "manifest.json" if part is None else f"manifest.part{part[0]:03d}-of-{part[1]:03d}.json"
-
-
 def settings_of(cfg: DictConfig) -> dict:
     """The resolved config minus the run keys: what decides the content of the shards."""
     container = OmegaConf.to_container(cfg, resolve=True)
     return {k: v for k, v in container.items() if k not in _RUN_KEYS and k != "hydra"}
 
 
-class Manifest:
-    """``{"version", "settings", "videos": {video_id: entry}}`` kept on disk after every change."""
+@contextmanager
+def locked(path: Path):
+    """An exclusive ``flock`` on ``<path>.lock`` for the block (released by the kernel if the process dies)."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            raise OSError(
+                f"cannot lock {path}.lock ({err}): the output folder's file system has no flock (Lustre: mount "
+                "with -o flock); write each part to its own output folder instead"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
-    def __init__(self, path: Path, settings: dict, overwrite: bool):
+
+class Manifest:
+    """``{"version", "settings", "videos": {video_id: entry}}`` kept on disk after every change.
+
+    Several processes (the parts of a ``part=I/N`` run) may share the file: every change re-reads
+    it and merges under :func:`locked`. ``own`` are this run's video ids: ``overwrite`` forgets
+    their entries (all entries when ``own`` is None, or when the settings changed).
+    """
+
+    def __init__(self, path: Path, settings: dict, overwrite: bool, own: set[str] | None = None):
         self.path = path
+        self.settings = settings
         self.data = {"version": MANIFEST_VERSION, "settings": settings, "videos": {}}
-        if path.exists() and not overwrite:
-            try:
-                old = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON ({err}); fix it or rerun with overwrite=true") from None
+        with locked(path):
+            old = self._read(check=not overwrite)
+            if overwrite:
+                if old is not None and old.get("settings") == settings and own is not None:
+                    self.data["videos"] = {v: e for v, e in old.get("videos", {}).items() if v not in own}
+                    if "split" in old:
+                        self.data["split"] = old["split"]
+                write_json_atomic(path, self.data)
+            elif old is not None:
+                self.data["videos"] = old.get("videos", {})
+                if "split" in old:
+                    self.data["split"] = old["split"]
+
+    def _read(self, check: bool = True) -> dict | None:
+        """The manifest on disk (None if absent), checked against this run's settings and version."""
+        path, settings = self.path, self.settings
+        if not path.exists():
+            return None
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            if not check:
+                return None
+            raise ValueError(f"{path} is not valid JSON ({err}); fix it or rerun with overwrite=true") from None
+        if check:
             if old.get("settings") != settings:
                 changed = sorted(
                     k
@@ -137,28 +198,32 @@ class Manifest:
                     f"{path} has manifest version {old.get('version')!r}, this fgbg writes version "
                     f"{MANIFEST_VERSION}: use another output folder, or overwrite=true to redo every video"
                 )
-            self.data["videos"] = old.get("videos", {})
-            if "split" in old:
-                self.data["split"] = old["split"]
+        return old
+
+    def _update(self, change) -> None:
+        """Re-read the file under the lock, apply ``change(data) -> data`` and write it back atomically."""
+        with locked(self.path):
+            data = self._read() or {"version": MANIFEST_VERSION, "settings": self.settings, "videos": {}}
+            self.data = change(data)
+            write_json_atomic(self.path, self.data)
 
     def finished(self) -> set[str]:
         return {vid for vid, e in self.data["videos"].items() if e.get("status") in FINISHED}
 
     def record(self, entry: dict) -> None:
-        self.data["videos"][entry["video_id"]] = entry
-        write_json_atomic(self.path, self.data)
+        self._update(lambda data: {**data, "videos": {**data["videos"], entry["video_id"]: entry}})
 
     def split(self, val_fraction: float, seed: int) -> None:
         """Hold out ``val_fraction`` of the finished videos for validation (``fgbg.data.manifest``)."""
-        self.data = with_split(self.data, val_fraction, seed)
-        write_json_atomic(self.path, self.data)
+        self._update(lambda data: with_split(data, val_fraction, seed))
         held_out = len(self.data.get("split", {}).get("val", []))
         log.info("split by video: %d of %d finished videos held out for validation", held_out,
                  len(finished_videos(self.data)))  # fmt: skip
 
 
 def finished_elsewhere(out_dir: Path, own: Path, settings: dict) -> set[str]:
-    """Videos finished according to the other manifests of ``out_dir`` with the same settings."""
+    """Videos finished according to the other manifests of ``out_dir`` with the same settings (the
+    ``manifest.partIII-of-NNN.json`` files that parts wrote before they shared ``manifest.json``)."""
     done: set[str] = set()
     for path in sorted(out_dir.glob("manifest*.json")):
         if path == own:
@@ -218,7 +283,7 @@ def _log_entry(done: int, total: int, entry: dict) -> None:
 
 def preprocess(cfg: DictConfig) -> dict:
     """Process every unfinished video of ``cfg.input`` into ``cfg.output``; returns the manifest data."""
-    part = parse_part(cfg.part)
+    part = parse_part(cfg.part, cfg.get("parts"))
     split_val = cfg.get("split_val")
     if split_val is not None and not (isinstance(split_val, (int, float)) and 0 <= split_val < 1):
         raise ValueError(f"split_val={split_val!r}: expected null or a fraction of videos in [0, 1), e.g. 0.05")
@@ -226,10 +291,11 @@ def preprocess(cfg: DictConfig) -> dict:
     out_dir = Path(str(cfg.output)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(cfg)
-    manifest = Manifest(out_dir / manifest_name(part), settings, bool(cfg.overwrite))
+    own = None if part is None else {s.video_id for s in sources}
+    manifest = Manifest(out_dir / "manifest.json", settings, bool(cfg.overwrite), own)
     skip = set() if cfg.overwrite else manifest.finished() | finished_elsewhere(out_dir, manifest.path, settings)
     todo = [s for s in sources if s.video_id not in skip]
-    log.info("%d videos in input%s, %d finished, %d to do -> %s", len(sources), f" part {cfg.part}" if part else "",
+    log.info("%d videos in input%s, %d finished, %d to do -> %s", len(sources), f" part {part[0]}/{part[1]}" if part else "",
              len(sources) - len(todo), len(todo), out_dir)  # fmt: skip
     workers = max(1, int(cfg.workers))
     start = time.perf_counter()
