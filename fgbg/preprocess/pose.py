@@ -14,6 +14,7 @@ Backends (``pose.name``):
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +24,9 @@ from omegaconf import DictConfig
 
 from fgbg.data.schema import NUM_KEYPOINTS
 from fgbg.preprocess.registry import build_backend
+from fgbg.utils.weights import load_state_dict_file
+
+log = logging.getLogger(__name__)
 
 # OpenPose-18 slot -> source keypoint index; the neck (slot 1) is the shoulder midpoint.
 BLAZEPOSE33_TO_OPENPOSE18 = (0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7)
@@ -147,7 +151,18 @@ class MediaPipePose:
 
 
 class MMPosePose:
-    """A top-down mmpose model (DWPose / RTMPose) on the whole frame as the person box."""
+    """A top-down mmpose model (DWPose / RTMPose) with the whole frame as the person box.
+
+    ``config`` is an mmpose 1.x config file (e.g. one under ``mmpose/.mim/configs/body_2d_keypoint``),
+    ``checkpoint`` its weights: an mmengine ``.pth`` (``{"state_dict": ..., "meta": ...}``, read with
+    ``weights_only``: tensors, numpy arrays and plain data, never code) or ``.safetensors``. The
+    weights must cover the whole model (a partial load would run partly random); keys the model
+    does not use are ignored with a warning, as mmengine does. The checkpoint's
+    ``meta.dataset_meta`` (keypoint names, flip pairs) wins over the config's, as in
+    ``mmpose.apis.init_model``. One person per frame: the box is the whole frame, which mmpose pads
+    by 1.25 and warps to the model's input size (256x192 for RTMPose body models), so a person
+    filling a good part of the frame is found best.
+    """
 
     name = "mmpose"
 
@@ -162,19 +177,39 @@ class MMPosePose:
             from mmpose.apis import inference_topdown, init_model
         except ImportError as err:
             raise ImportError(
-                f"pose.name=mmpose needs the `mmpose` package with full mmcv (pip install -e '.[mmpose]'; "
-                f"mmcv 2.1 builds from source, see docs/preprocess.md): {err}"
+                f"pose.name=mmpose needs the `mmpose` package with full mmcv: run `make install-mmpose` "
+                f"(mmcv 2.1 builds from source, see docs/preprocess.md): {err}"
             ) from None
         self._infer = inference_topdown
-        self._model = init_model(str(config), str(checkpoint), device=device)
-        self.version = f"mmpose-{mmpose.__version__} {Path(checkpoint).name}"
+        model = init_model(str(config), None, device="cpu")  # built from the config, no weights read
+        state, meta = read_mmpose_checkpoint(checkpoint)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys:  # part of the model would keep its random initialisation
+            raise ValueError(
+                f"pose.mmpose.checkpoint: {checkpoint!r} does not match pose.mmpose.config {config!r}: missing "
+                f"{result.missing_keys[:5]} ({len(result.missing_keys)} in all)"
+            )
+        if result.unexpected_keys:  # e.g. distillation leftovers; mmengine's loader ignores them too
+            log.warning("pose.mmpose.checkpoint: %d keys the model does not use, ignored: %s",
+                        len(result.unexpected_keys), result.unexpected_keys[:5])  # fmt: skip
+        if isinstance(meta.get("dataset_meta"), dict):
+            model.dataset_meta = meta["dataset_meta"]
+        num_keypoints = model.dataset_meta.get("num_keypoints", 0)
+        if num_keypoints < 17:
+            raise ValueError(
+                f"pose.mmpose.config: {config!r} has {num_keypoints} keypoints; expected a model whose first 17 "
+                "are COCO body keypoints (COCO-17, COCO-WholeBody, Halpe)"
+            )
+        self._model = model.to(device)
+        self.version = f"mmpose-{mmpose.__version__} {Path(config).name} {Path(checkpoint).name}"
 
     def reset(self) -> None:  # top-down on single frames: no temporal state
         pass
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
         h, w = frame.shape[:2]
-        results = self._infer(self._model, np.ascontiguousarray(frame[..., ::-1]))  # mmpose reads BGR
+        box = np.array([[0, 0, w, h]], np.float32)  # xyxy, corner origin: the whole frame
+        results = self._infer(self._model, np.ascontiguousarray(frame[..., ::-1]), box)  # mmpose reads BGR
         if not results:
             return None
         inst = results[0].pred_instances
@@ -186,6 +221,35 @@ class MMPosePose:
 
     def close(self) -> None:
         pass
+
+
+def read_mmpose_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, meta) of an mmengine checkpoint: ``.pth`` read with ``weights_only`` or ``.safetensors``.
+
+    mmpose's checkpoints keep numpy arrays in ``meta.dataset_meta`` (e.g. the OKS sigmas), so numpy's
+    array reconstruction is allowed; any other global (code) is refused with a ValueError naming the
+    file. A ``module.`` prefix (DataParallel) is stripped, as mmengine's loader does.
+    """
+    expected = "an mmengine checkpoint (.pth with a state_dict, as mmpose saves it) or .safetensors"
+    if Path(path).suffix == ".safetensors":
+        return load_state_dict_file(path, "pose.mmpose.checkpoint", expected), {}
+    import torch
+
+    dtypes = [type(np.dtype(t)) for t in "?bBhHiIlLqQefdgFDGUSOV"]
+    allowed = [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle with code, a truncated file, not a torch file
+        raise ValueError(
+            f"pose.mmpose.checkpoint: cannot read {str(path)!r} with weights_only ({type(err).__name__}: {err}); "
+            f"expected {expected}"
+        ) from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"pose.mmpose.checkpoint: {str(path)!r} holds no state dict of tensors; expected {expected}")
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    return {k.removeprefix("module."): v for k, v in state.items()}, meta
 
 
 def _build_mediapipe(cfg: DictConfig) -> PoseEstimator:
