@@ -30,7 +30,16 @@ from fgbg.data.shards import SkipCounter, count_tar_groups, iter_clips
 from fgbg.data.transforms import fit_clip
 from fgbg.datamodules.clips import expand_shards
 from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
-from fgbg.eval import colour_drift, colour_error, frame_metrics, seam_score, track_following_error
+from fgbg.eval import (
+    appearance_metrics,
+    clip_index,
+    colour_drift,
+    colour_error,
+    per_clip,
+    per_frame_metrics,
+    seam_score,
+    track_following_error,
+)
 from fgbg.generate import load_model, model_data_settings, pick_device
 from fgbg.generation.motion import DrivingMotion
 from fgbg.generation.predictor import LongVideoPredictor
@@ -51,8 +60,24 @@ def predict_trainer(device: str) -> L.Trainer:
     )  # fmt: skip
 
 
+# Per-frame measures whose curve over generation clips goes into per_clip (docs/evaluation.md).
+PER_CLIP_KEYS = ("appearance_hist", "appearance_lpips", "ssim_background", "gradcorr_background", "psnr_person")
+
+
+def frame_and_clip_metrics(
+    gen: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor, clip_len: int, lpips=None
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Frames 1..T-1 of a sample (frame 0 is the reference): frame metrics, appearance and background
+    structure averaged over frames, and the per-clip curve of ``PER_CLIP_KEYS``."""
+    frames = per_frame_metrics(gen[1:], truth[1:], mask[1:], lpips)
+    frames |= appearance_metrics(gen[1:], truth[1:], mask[1:], lpips, ssim_background=frames["ssim_background"])
+    clips = clip_index(gen.shape[0] - 1, clip_len, first_frame=1)
+    means = {k: _mean(v.tolist()) for k, v in frames.items()}
+    return means, {k: per_clip(frames[k], clips) for k in PER_CLIP_KEYS if k in frames}
+
+
 def evaluate_sample(
-    trainer: L.Trainer, predictor, clip, data: dict[str, Any], cfg: DictConfig
+    trainer: L.Trainer, predictor, clip, data: dict[str, Any], cfg: DictConfig, lpips=None
 ) -> tuple[dict, np.ndarray, Any]:
     """One sample -> (its metrics, generated frames (T, H, W, 3) uint8, the clip fitted to the model's size)."""
     res = int(data.get("resolution") or 32)
@@ -80,7 +105,8 @@ def evaluate_sample(
     mask = torch.from_numpy(clip.masks[:, None]).float()
     gen = _unit(pred)
     m: dict[str, Any] = {"key": clip.key, "frames": t, "clip_len": clip_len}
-    m |= frame_metrics(gen[1:], truth[1:], mask[1:])
+    means, curves = frame_and_clip_metrics(gen, truth, mask, clip_len, lpips)
+    m |= means | {"per_clip": curves}
     gen_u8 = (gen.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     tr = track_following_error(gen_u8, clip.tracks, clip.visible)
     m |= {k: v for k, v in tr.items() if not isinstance(v, list)}
@@ -97,6 +123,17 @@ def evaluate_sample(
 def _mean(values: list[float]) -> float:
     vals = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def _mean_curves(per_sample: list[dict]) -> dict[str, list[float]]:
+    """Per key, the mean over samples of clip k's value, for every clip some sample has."""
+    keys = sorted({k for m in per_sample for k in m.get("per_clip", {})})
+    out = {}
+    for key in keys:
+        curves = [m["per_clip"][key] for m in per_sample if key in m.get("per_clip", {})]
+        length = max(len(c) for c in curves)
+        out[key] = [_mean([c[i] for c in curves if i < len(c)]) for i in range(length)]
+    return out
 
 
 def _distribution_metrics(cfg: DictConfig) -> dict[str, Any]:
@@ -145,6 +182,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
     predictor = LongVideoPredictor.from_config(model, cfg)
     distributions = _distribution_metrics(cfg)
+    lpips = None
+    if cfg.get("lpips_backbone"):
+        from fgbg.eval.metrics import LPIPS
+
+        lpips = LPIPS(cfg.lpips_backbone, net_type=str(cfg.get("lpips_net", "alex")))  # frames are scored on the CPU
     counter = SkipCounter()
     per_sample, rows = [], []
     trainer = predict_trainer(device)  # one for all samples
@@ -154,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for i, clip in enumerate(iter_clips(shards, counter)):
         if i >= int(cfg.data.max_samples):
             break
-        m, gen, truth = evaluate_sample(trainer, predictor, clip, data, cfg)
+        m, gen, truth = evaluate_sample(trainer, predictor, clip, data, cfg, lpips)
         per_sample.append(m)
         if distributions:
             truth_u = torch.from_numpy(truth.frames).permute(0, 3, 1, 2) / 255.0
@@ -179,6 +221,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped": counter.as_dict(),
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "mean": {k: _mean([m.get(k, float("nan")) for m in per_sample]) for k in numeric},
+        "per_clip": _mean_curves(per_sample),
         **{name: _compute_distribution(name, metric) for name, metric in distributions.items()},
         "per_sample": per_sample,
     }

@@ -1,7 +1,8 @@
 """Evaluation measures: frame metrics (PSNR, SSIM, L1, LPIPS; whole frame, person, background),
 FID and FVD from local feature-network weights, and the measures this method exists for:
-track-following error, seam score and colour drift. See ``docs/evaluation.md``."""
+track-following error, seam score, colour drift, person appearance and background structure per clip. See ``docs/evaluation.md``."""
 
+from fgbg.eval.appearance import appearance_metrics, clip_index, per_clip
 from fgbg.eval.features import (
     FrechetDistance,
     I3DTorchScriptFeatures,
@@ -20,6 +21,8 @@ __all__ = [
     "I3DTorchScriptFeatures",
     "InceptionFeatures",
     "TorchvisionVideoFeatures",
+    "appearance_metrics",
+    "clip_index",
     "colour_drift",
     "colour_error",
     "frame_metrics",
@@ -27,6 +30,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "load_video_features",
+    "per_clip",
     "per_frame_metrics",
     "rgb_to_lab",
     "seam_score",
