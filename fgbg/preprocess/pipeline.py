@@ -7,7 +7,8 @@ clip is then cropped and resized to ``clips.resolution`` with the joint
 transforms of ``fgbg.data.transforms``, which move keypoints and tracks with the
 pixels. The one place that guarantees "no visible track on the person" is
 ``assemble_clip``: after the resize, a track point is visible only where the
-stored (dilated) person mask is off.
+stored (dilated) person mask and the pose's body region (``tracks.skeleton_scale``)
+are off.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from fgbg.data.schema import NUM_KEYPOINTS, Clip
 from fgbg.data.shards import ClipShardWriter
 from fgbg.data.transforms import CropBox, center_crop_box, crop_clip, largest_box, mark_out_of_frame, resize_clip
 from fgbg.preprocess.decode import VideoFrames, VideoReadError
-from fgbg.preprocess.masks import PersonSegmenter, build_person_segmenter, dilate_masks
+from fgbg.preprocess.masks import PersonSegmenter, body_region, build_person_segmenter, dilate_masks
 from fgbg.preprocess.pose import PoseEstimator, build_pose_estimator, has_person
+from fgbg.preprocess.sheet import SheetRows, sheet_path
 from fgbg.preprocess.shots import ShotCutDetector
-from fgbg.preprocess.tracks import Tracker, TrackSet, build_tracker, pixel_lookup, select_tracks
+from fgbg.preprocess.tracks import Tracker, TrackSet, build_tracker, person_exclusion, pixel_lookup, select_tracks
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ class Backends:
 
 
 def build_backends(cfg: DictConfig) -> Backends:
-    return Backends(build_pose_estimator(cfg.pose), build_person_segmenter(cfg.masks), build_tracker(cfg.tracks))
+    """The pose estimator, the person segmenter (attached to the pose pass when it reads its mask) and the tracker."""
+    pose = build_pose_estimator(cfg.pose)
+    return Backends(pose, build_person_segmenter(cfg.masks, pose), build_tracker(cfg.tracks))
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,9 @@ def assemble_clip(
     pose = np.stack([k if k is not None else np.zeros((NUM_KEYPOINTS, 3), np.float32) for k in keypoints])
     person = person_prob > cfg.masks.threshold
     box = clip_crop_box(person, cfg.clips.resolution, cfg.clips.crop)
-    found_tracks = tracker(frames, dilate_masks(person, int(cfg.tracks.person_margin_px)), box)
+    skeleton_scale, conf = float(cfg.tracks.skeleton_scale), float(cfg.pose.conf_threshold)
+    exclusion = person_exclusion(person, keypoints, int(cfg.tracks.person_margin_px), skeleton_scale, conf)
+    found_tracks = tracker(frames, exclusion, box)
     clip = Clip(frames, person, pose, found_tracks.tracks, found_tracks.visible, meta, key)
     if box != (0, 0, frames.shape[2], frames.shape[1]):
         clip = crop_clip(clip, box)
@@ -135,7 +141,9 @@ def assemble_clip(
         clip = resize_clip(clip, int(cfg.clips.resolution[0]), int(cfg.clips.resolution[1]))
     clip = mark_out_of_frame(clip)
     masks = dilate_masks(clip.masks, int(cfg.masks.dilate_px))
-    visible = clip.visible & ~np.stack([pixel_lookup(masks[i], clip.tracks[i]) for i in range(t)])
+    h, w = masks.shape[1:]
+    off = [masks[i] | body_region(clip.pose[i], h, w, conf, skeleton_scale) for i in range(t)]
+    visible = clip.visible & ~np.stack([pixel_lookup(off[i], clip.tracks[i]) for i in range(t)])
     kept = select_tracks(
         TrackSet(clip.tracks, visible, found_tracks.fb_error),
         max_tracks=int(cfg.tracks.max_tracks),
@@ -193,6 +201,7 @@ def process_video(source: VideoSource, out_dir: Path, cfg: DictConfig, backends:
     to_skip = 0  # frames to drop before the next clip starts (stride > length)
     pattern = str(out_dir / (source.video_id + SHARD_SUFFIX))
     writer = ClipShardWriter(pattern, int(cfg.shards.max_clips_per_shard), frame_format=str(cfg.shards.frame_format))
+    sheet = SheetRows() if cfg.get("sheet") else None
     with reader, writer:
         for index, frame in reader:
             if detector.is_cut(frame):
@@ -225,10 +234,14 @@ def process_video(source: VideoSource, out_dir: Path, cfg: DictConfig, backends:
                 skip_counts[result.skip_reason] = skip_counts.get(result.skip_reason, 0) + 1
             else:
                 writer.write(result.clip)
+                if sheet is not None:
+                    sheet.add(result.clip)
                 tracks_per_clip.append(result.clip.tracks.shape[1])
                 fb_errors.append(result.fb_error_px)
             del buffer[: min(stride, length)]
             to_skip = max(0, stride - length)
+    if sheet is not None and sheet.write(sheet_path(cfg.sheet, source.video_id)):
+        entry["sheet"] = str(sheet_path(cfg.sheet, source.video_id))
     seconds = time.perf_counter() - start
     pose_rate = frames_with_person / frames_seen if frames_seen else 0.0
     fb_all = np.concatenate(fb_errors) if fb_errors else np.zeros(0)

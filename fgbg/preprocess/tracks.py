@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig
 
+from fgbg.preprocess.masks import body_region, dilate_masks
 from fgbg.preprocess.registry import build_backend
 
 RoiBox = tuple[int, int, int, int]  # x0, y0, width, height
@@ -60,6 +61,24 @@ def pixel_lookup(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     out = np.zeros(len(points), bool)
     out[inside] = mask[row[inside], col[inside]]
     return out
+
+
+def person_exclusion(
+    person: np.ndarray,
+    keypoints: list[np.ndarray | None] | np.ndarray,
+    margin_px: int,
+    skeleton_scale: float,
+    conf_threshold: float,
+) -> np.ndarray:
+    """(T, H, W) bool person masks and per-frame (18, 3) keypoints (or None) -> (T, H, W) bool where no
+    background point may be: the mask united with the pose's body region (limbs ``skeleton_scale`` x half
+    the median bone length thick, torso, head; ``fgbg.data.render.render_body_region``; 0 leaves it out),
+    grown by ``margin_px`` pixels."""
+    _, h, w = person.shape
+    region = (
+        np.stack([body_region(k, h, w, conf_threshold, skeleton_scale) for k in keypoints]) if len(person) else person
+    )
+    return dilate_masks(person | region, int(margin_px))
 
 
 def inside_roi(points: np.ndarray, roi: RoiBox, border: float = 0.0) -> np.ndarray:
