@@ -85,3 +85,40 @@ def test_the_page_drawing_is_parsed_and_bad_input_is_named():
         parse_strokes(json.dumps({"strokes": [[[1, 2]]]}))  # no size
     with pytest.raises(ValueError, match="num_frames=0"):
         drawn_tracks([], 0, 32, 32)
+
+
+def test_a_page_request_with_drawn_paths_gives_generation_tracks_that_follow_the_strokes(tmp_path):
+    from PIL import Image
+
+    from fgbg.app.examples import EXAMPLES_DIR
+    from fgbg.app.request import DRAWN_TRACKS, GenerationRequest, Limits, RequestError, check_request, run_request
+    from fgbg.app.server import compose_generate_config
+    from tests.conftest import save_tiny_bundle
+
+    base = compose_generate_config()
+    base.ckpt_path = str(save_tiny_bundle(tmp_path / "model.safetensors", resolution=16, clip_len=4))
+    base.gif = False
+    reference = EXAMPLES_DIR / "dance_pan.png"
+    with Image.open(reference) as img:
+        w, h = img.size  # 64 x 64: the model's 16 x 16 is a quarter
+    drawing = {"width": w, "height": h, "strokes": [[[4, 4], [20, 4]], [[60, 60], [60, 28]]]}
+    req = GenerationRequest(reference=str(reference), num_frames=8, steps=1, background="static",
+                            drawn_paths=json.dumps(drawing))  # fmt: skip
+    limits = Limits(max_frames=12, max_steps=5)
+    result = run_request(req, base, limits, tmp_path / "out")
+    settings = result.report["settings"]
+    assert settings["camera"] is None and settings["tracks"].endswith(DRAWN_TRACKS)
+    saved = np.load(result.output_dir / DRAWN_TRACKS)
+    tracks, group = saved["tracks"], saved["group"]
+    assert tuple(saved["size"]) == (16, 16) and {0, 1} <= set(group.tolist())
+    lead0, lead1 = tracks[:, np.argmax(group == 0)], tracks[:, np.argmax(group == 1)]
+    np.testing.assert_allclose(lead0[:8, 0], np.linspace(1, 5, 8), atol=1e-4)  # 4 -> 20 px at a quarter scale
+    np.testing.assert_allclose(lead1[:8, 1], np.linspace(15, 7, 8), atol=1e-4)
+    np.testing.assert_allclose(lead0[8:], np.broadcast_to(lead0[7], lead0[8:].shape))  # held after the 8 frames
+    assert (result.output_dir / DRAWN_TRACKS) in result.downloads
+    with pytest.raises(RequestError, match="combine with a camera preset or a static background"):
+        check_request(GenerationRequest(reference=str(reference), num_frames=8, steps=1, background="tracks",
+                                        drawn_paths=json.dumps(drawing)),
+                      limits)  # fmt: skip
+    with pytest.raises(RequestError, match="drawn paths: expected JSON"):
+        check_request(GenerationRequest(reference=str(reference), num_frames=8, steps=1, drawn_paths="[1, 2"), limits)

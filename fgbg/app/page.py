@@ -22,6 +22,87 @@ log = logging.getLogger(__name__)
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
+# Drawing background paths: strokes on a copy of the reference (#draw-paths), kept as polylines in the
+# image's own pixels (a raster layer would lose where a stroke starts) and written as JSON into
+# #drawn-paths, which the request reads (fgbg.generation.drawn). Loaded once with the page (launch(js=)).
+DRAW_JS = """
+() => {
+  const S = (window.fgbgPaths = window.fgbgPaths || {strokes: [], current: null, src: null});
+  const image = () => document.querySelector('#draw-paths img');
+  const field = () => document.querySelector('#drawn-paths textarea');
+  const frame = (img) => {  // the picture's rectangle inside the element (object-fit: contain)
+    const r = img.getBoundingClientRect(), nw = img.naturalWidth || 1, nh = img.naturalHeight || 1;
+    const s = Math.min(r.width / nw, r.height / nh);
+    return {r, s, nw, nh, left: r.left + (r.width - nw * s) / 2, top: r.top + (r.height - nh * s) / 2};
+  };
+  const inside = (e, f) => e.clientX >= f.left && e.clientX <= f.left + f.nw * f.s
+    && e.clientY >= f.top && e.clientY <= f.top + f.nh * f.s;
+  const point = (e, f) => [Math.min(Math.max((e.clientX - f.left) / f.s, 0), f.nw),
+                           Math.min(Math.max((e.clientY - f.top) / f.s, 0), f.nh)];
+  const sync = (img) => { if (img && img.currentSrc !== S.src) { S.src = img.currentSrc; S.strokes = []; } };
+  function draw() {
+    const img = image();
+    if (!img) return;
+    const host = img.parentElement;
+    let c = host.querySelector('canvas.fgbg-paths');
+    if (!c) {
+      c = document.createElement('canvas');
+      c.className = 'fgbg-paths';
+      Object.assign(c.style, {position: 'absolute', pointerEvents: 'none', zIndex: 10});
+      if (getComputedStyle(host).position === 'static') host.style.position = 'relative';
+      host.appendChild(c);
+    }
+    const f = frame(img), h = host.getBoundingClientRect();
+    Object.assign(c.style, {left: (f.r.left - h.left) + 'px', top: (f.r.top - h.top) + 'px',
+                            width: f.r.width + 'px', height: f.r.height + 'px'});
+    c.width = f.r.width; c.height = f.r.height;
+    const ctx = c.getContext('2d'), ox = f.left - f.r.left, oy = f.top - f.r.top;
+    for (const st of S.strokes.concat(S.current ? [S.current] : [])) {
+      ctx.strokeStyle = '#ff2d55'; ctx.lineWidth = 3; ctx.beginPath();
+      st.forEach(([x, y], i) => i ? ctx.lineTo(ox + x * f.s, oy + y * f.s) : ctx.moveTo(ox + x * f.s, oy + y * f.s));
+      ctx.stroke();
+      ctx.fillStyle = '#34c759'; ctx.beginPath();  // a green dot where the stroke starts
+      ctx.arc(ox + st[0][0] * f.s, oy + st[0][1] * f.s, 5, 0, 2 * Math.PI); ctx.fill();
+    }
+  }
+  function publish() {
+    const t = field(), img = image();
+    if (!t || !img) return;
+    const r2 = (v) => Math.round(v * 100) / 100;
+    t.value = S.strokes.length ? JSON.stringify({width: img.naturalWidth, height: img.naturalHeight,
+      strokes: S.strokes.map((st) => st.map(([x, y]) => [r2(x), r2(y)]))}) : '';
+    t.dispatchEvent(new Event('input', {bubbles: true}));
+  }
+  S.clear = () => { S.strokes = []; S.current = null; draw(); };
+  if (S.installed) return;
+  S.installed = true;
+  document.addEventListener('pointerdown', (e) => {
+    const img = image();
+    if (!img || !img.naturalWidth) return;
+    const f = frame(img);
+    if (!inside(e, f)) return;
+    e.preventDefault(); e.stopPropagation();
+    sync(img);
+    S.current = [point(e, f)];
+    draw();
+  }, true);
+  document.addEventListener('pointermove', (e) => {
+    const img = image();
+    if (!S.current || !img) return;
+    e.preventDefault();
+    S.current.push(point(e, frame(img)));
+    draw();
+  }, true);
+  document.addEventListener('pointerup', () => {
+    if (!S.current) return;
+    S.strokes.push(S.current); S.current = null;
+    draw(); publish();
+  }, true);
+  document.addEventListener('dragstart', (e) => { if (e.target === image()) e.preventDefault(); }, true);
+}
+"""
+
+
 def _visible(flag: bool):
     return gr.update(visible=flag)
 
@@ -43,6 +124,17 @@ def build_page(settings: PageSettings) -> gr.Blocks:
                     [[str(p)] for p in reference_examples(settings.output_root / "examples")],
                     inputs=[reference], label="Example references",
                 )  # fmt: skip
+                draw_paths = gr.Image(
+                    label="Draw background paths: drag on the picture; each stroke moves the background along it "
+                    "(green dot: where it starts). Combines with a camera preset or a static background.",
+                    type="filepath", interactive=False, height=240, buttons=[], elem_id="draw-paths",
+                )  # fmt: skip
+                with gr.Row():
+                    drawn_paths = gr.Textbox(
+                        label="Drawn paths (JSON, reference pixels)", lines=1, max_lines=3, scale=4,
+                        elem_id="drawn-paths",
+                    )  # fmt: skip
+                    clear_paths = gr.Button("Clear paths", size="sm", scale=1, elem_id="clear-paths")
                 motion_source = gr.Radio(
                     [("Bundled example clip", "example"), ("Driving video", "video"), ("Pose / tracks file", "file")],
                     value="example", label="Driving motion (foreground)", elem_id="motion-source",
@@ -112,11 +204,16 @@ def build_page(settings: PageSettings) -> gr.Blocks:
             motion_source, [example, driving_video, motion_file, tracks_file],
         )  # fmt: skip
         background.change(lambda b: _visible(b == "camera"), background, camera_controls)
+        # A new reference: the drawing starts over (the JS forgets strokes when the picture changes).
+        reference.change(lambda r: (r, ""), reference, [draw_paths, drawn_paths])
+        clear_paths.click(
+            None, None, drawn_paths, js="() => { window.fgbgPaths && window.fgbgPaths.clear(); return ''; }"
+        )
 
         def generate_clicked(
             reference, motion_source, example, driving_video, motion_file, tracks_file, background, preset,
             direction, speed, zoom_rate, shake, num_frames, steps, g_reference, g_pose, g_tracks, seed, retarget,
-            progress=gr.Progress(),  # noqa: B008 - Gradio injects the tracker through this default
+            drawn, progress=gr.Progress(),  # noqa: B008 - Gradio injects the tracker through this default
         ):  # fmt: skip
             request = GenerationRequest(
                 reference=reference, motion_source=motion_source, example=example, driving_video=driving_video,
@@ -124,7 +221,7 @@ def build_page(settings: PageSettings) -> gr.Blocks:
                 direction_deg=direction, speed=speed, zoom_rate=zoom_rate, shake_amplitude=shake,
                 num_frames=int(num_frames), steps=int(steps),
                 guidance={"reference": g_reference, "pose": g_pose, "tracks": g_tracks},
-                seed=int(seed or 0), retarget=bool(retarget),
+                seed=int(seed or 0), retarget=bool(retarget), drawn_paths=drawn or "",
             )  # fmt: skip
             try:
                 result = run_request(
@@ -141,7 +238,7 @@ def build_page(settings: PageSettings) -> gr.Blocks:
         run.click(
             generate_clicked,
             [reference, motion_source, example, driving_video, motion_file, tracks_file, background, preset,
-             direction, speed, zoom_rate, shake, num_frames, steps, *guidance, seed, retarget],
+             direction, speed, zoom_rate, shake, num_frames, steps, *guidance, seed, retarget, drawn_paths],
             [video, sheet, downloads, status],
             show_progress="full",
         )  # fmt: skip

@@ -25,6 +25,8 @@ from omegaconf import DictConfig
 
 from fgbg.app.examples import DRIVING_EXAMPLES, driving_example
 from fgbg.generation.camera import KINDS as CAMERA_KINDS
+from fgbg.generation.camera import CameraPreset
+from fgbg.generation.drawn import drawn_tracks, parse_strokes
 from fgbg.generation.inputs import InputError
 from fgbg.generation.sources import VIDEO_SUFFIXES
 
@@ -87,6 +89,7 @@ class GenerationRequest:
     guidance: dict[str, float] = field(default_factory=lambda: {"reference": 1.0, "pose": 1.0, "tracks": 1.0})
     seed: int = 0
     retarget: bool = False
+    drawn_paths: str = ""  # the page's drawing: JSON strokes in the reference image's pixels (fgbg.generation.drawn)
 
 
 @dataclass
@@ -97,12 +100,15 @@ class GenerationResult:
     downloads: list[Path]
     report: dict[str, Any]
 
+    notes: list[str] = field(default_factory=list)  # e.g. drawn strokes dropped for lying on the person
+
     def summary(self) -> str:
         r = self.report
         res = r["settings"]["resolved"]
+        notes = "".join(f"; {n}" for n in self.notes)
         return (
             f"{r['frames']} frames at {res['width']}x{res['height']} in {r['clips']} clips, "
-            f"{r['seconds_per_frame']:.2f} s/frame; files in {self.output_dir}"
+            f"{r['seconds_per_frame']:.2f} s/frame; files in {self.output_dir}{notes}"
         )
 
 
@@ -152,6 +158,16 @@ def check_request(req: GenerationRequest, limits: Limits) -> None:
         raise RequestError(f"background motion {req.background!r}: expected one of {BACKGROUNDS}")
     if req.background == "camera" and req.preset not in CAMERA_KINDS:
         raise RequestError(f"camera preset {req.preset!r}: expected one of {CAMERA_KINDS}")
+    try:
+        strokes, _ = parse_strokes(req.drawn_paths)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
+    if strokes and req.background == "tracks":
+        raise RequestError("drawn background paths combine with a camera preset or a static background, not with "
+                           "the driving motion's own tracks: choose one of those, or clear the drawing")  # fmt: skip
+    if strokes and req.motion_source == "video":
+        raise RequestError("drawn background paths need a bundled clip or a pose/tracks file as the driving motion "
+                           "(preprocess the video with fgbg-preprocess and upload the shard), or clear the drawing")  # fmt: skip
     if req.motion_source == "example":
         try:
             driving_example(req.example)
@@ -252,6 +268,50 @@ def no_clip_message(video_name: str, error: str) -> str:
     return f"the driving video {video_name} gave no usable clip ({why})"
 
 
+DRAWN_TRACKS = "drawn_tracks.npz"
+
+
+def write_drawn_tracks(req: GenerationRequest, cfg: DictConfig, output_dir: Path) -> list[str]:
+    """The request's drawn strokes (+ its camera preset) -> ``output_dir/drawn_tracks.npz`` given to generation
+    as ``tracks=`` (``camera=null``); returns warnings for the page. Nothing is written without strokes.
+
+    Tracks are made at the output size, for every frame of the driving motion (a tracks file describes the
+    same frames as the pose); a stroke is travelled over the requested frames (at most the motion's length).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from fgbg.generate import model_data_settings, reference_person_mask
+    from fgbg.generation.inputs import load_reference
+    from fgbg.generation.sources import load_motion_arrays
+
+    strokes, size = parse_strokes(req.drawn_paths)
+    if not strokes:
+        return []
+    drawn_h, drawn_w = size
+    data = model_data_settings(cfg.ckpt_path)
+    res = int(data.get("resolution") or 32)
+    height, width = int(cfg.height or res), int(cfg.width or res)
+    reference, fit = load_reference(cfg.reference, height, width, cfg.fit)
+    with Image.open(cfg.reference) as img:  # the drawing's size may differ from the file's (a scaled preview)
+        sx, sy = img.width / drawn_w, img.height / drawn_h
+    strokes = [fit.points(s * np.array([sx, sy])).astype(np.float64) for s in strokes]
+    try:
+        person = reference_person_mask(cfg, reference, None)
+    except (ImportError, OSError, RuntimeError, ValueError) as err:  # InputError is a ValueError
+        log.warning("drawn paths: no person mask of the reference (%s); strokes on the person are not checked", err)
+        person = None
+    frames = load_motion_arrays(cfg.motion, height, width, cfg.fit, None, None, None)["pose"].shape[0]
+    preset = CameraPreset(kind=cfg.camera or "static", **dict(cfg.camera_args))
+    num_points = min(int(cfg.num_tracks), int(data.get("max_tracks") or 50))
+    drawn = drawn_tracks(strokes, frames, height, width, preset, num_points, duration=min(int(cfg.num_frames), frames),
+                         person_region=person)  # fmt: skip
+    path = output_dir / DRAWN_TRACKS
+    np.savez(path, tracks=drawn.tracks, visible=drawn.visible, size=np.array([height, width]), group=drawn.group)
+    cfg.tracks, cfg.camera = str(path), None
+    return drawn.warnings
+
+
 def run_request(
     req: GenerationRequest,
     base: DictConfig,
@@ -270,11 +330,13 @@ def run_request(
     what = "preprocessing the driving video" if req.motion_source == "video" else "reading the inputs"
     progress(0.0, what)
     try:
+        notes = write_drawn_tracks(req, cfg, output_dir)
         report = generate(cfg, callbacks=[ClipProgress(progress)])
     except BaseException as err:
         shutil.rmtree(output_dir, ignore_errors=True)  # a failed request leaves nothing behind
         if isinstance(err, InputError) and req.motion_source == "video" and "produced no clip" in str(err):
             raise RequestError(no_clip_message(Path(cfg.motion).name, str(err))) from None
         raise
-    files = [output_dir / n for n in ("video.mp4", "video.gif", "generation.json") if (output_dir / n).is_file()]
-    return GenerationResult(output_dir, output_dir / "video.mp4", output_dir / "sheet.png", files, report)
+    names = ("video.mp4", "video.gif", "generation.json", DRAWN_TRACKS)
+    files = [output_dir / n for n in names if (output_dir / n).is_file()]
+    return GenerationResult(output_dir, output_dir / "video.mp4", output_dir / "sheet.png", files, report, notes)
