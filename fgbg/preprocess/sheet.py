@@ -1,7 +1,7 @@
 """Contact sheet of the first written clips of a video (``fgbg-preprocess ... sheet=PATH``).
 
 One row per clip, six frames each: the frame with the stored person mask tinted,
-the pose skeleton, and the kept background tracks with their last positions as
+the pose skeleton (thin, so small people stay visible), and the kept background tracks with their last positions as
 trails (filled dots visible, hollow ones not), so a user sees at a glance whether
 the mask is on the posed person and the tracks stay off it.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgbg.data.render import contact_sheet, save_png
+from fgbg.data.render import contact_sheet, draw_pose, save_png
 from fgbg.data.schema import Clip
 
 MASK_TINT = np.array([255, 0, 255], np.float32)  # magenta: apart from the skeleton's and the tracks' colours
@@ -43,10 +43,11 @@ class SheetRows:
         if len(self.rows) >= self.num_clips:
             return
         label = f"{clip.key}  {clip.tracks.shape[1]} tracks"
-        self.rows.append(
-            dict(frames=tint(clip.frames, clip.masks), pose=clip.pose, tracks=clip.tracks, visible=clip.visible,
-                 label=label)
-        )  # fmt: skip
+        frames = tint(clip.frames, clip.masks)
+        for frame, keypoints in zip(frames, clip.pose):
+            # 1-px bones and joints: contact_sheet's skeleton scales with the frame and hides small people
+            draw_pose(frame, keypoints, line_width=1, point_radius=1)
+        self.rows.append(dict(frames=frames, tracks=clip.tracks, visible=clip.visible, label=label))
 
     def write(self, path: Path) -> Path | None:
         """Write the sheet to ``path`` (parents created); nothing when no clip was added. Returns the path written."""
