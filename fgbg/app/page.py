@@ -52,15 +52,18 @@ DRAW_JS = """
       if (getComputedStyle(host).position === 'static') host.style.position = 'relative';
       host.appendChild(c);
     }
-    const f = frame(img), h = host.getBoundingClientRect();
-    Object.assign(c.style, {left: (f.r.left - h.left) + 'px', top: (f.r.top - h.top) + 'px',
+    const f = frame(img), op = c.offsetParent || document.body, h = op.getBoundingClientRect();
+    Object.assign(c.style, {left: (f.r.left - h.left - op.clientLeft + op.scrollLeft) + 'px',
+                            top: (f.r.top - h.top - op.clientTop + op.scrollTop) + 'px',
                             width: f.r.width + 'px', height: f.r.height + 'px'});
     c.width = f.r.width; c.height = f.r.height;
     const ctx = c.getContext('2d'), ox = f.left - f.r.left, oy = f.top - f.r.top;
     for (const st of S.strokes.concat(S.current ? [S.current] : [])) {
-      ctx.strokeStyle = '#ff2d55'; ctx.lineWidth = 3; ctx.beginPath();
-      st.forEach(([x, y], i) => i ? ctx.lineTo(ox + x * f.s, oy + y * f.s) : ctx.moveTo(ox + x * f.s, oy + y * f.s));
-      ctx.stroke();
+      for (const [colour, width] of [['#000000', 5], ['#ffd60a', 3]]) {  // yellow on a dark edge: seen on any picture
+        ctx.strokeStyle = colour; ctx.lineWidth = width; ctx.lineCap = 'round'; ctx.beginPath();
+        st.forEach(([x, y], i) => i ? ctx.lineTo(ox + x * f.s, oy + y * f.s) : ctx.moveTo(ox + x * f.s, oy + y * f.s));
+        ctx.stroke();
+      }
       ctx.fillStyle = '#34c759'; ctx.beginPath();  // a green dot where the stroke starts
       ctx.arc(ox + st[0][0] * f.s, oy + st[0][1] * f.s, 5, 0, 2 * Math.PI); ctx.fill();
     }
@@ -102,6 +105,11 @@ DRAW_JS = """
 }
 """
 
+# The drawing copy fills its box (a 64 x 64 picture would be tiny to draw on), pixels kept sharp.
+DRAW_CSS = (
+    "#draw-paths img { width: 100%; height: 100%; max-height: 200px; object-fit: contain; image-rendering: pixelated; }"
+)
+
 
 def _visible(flag: bool):
     return gr.update(visible=flag)
@@ -124,10 +132,13 @@ def build_page(settings: PageSettings) -> gr.Blocks:
                     [[str(p)] for p in reference_examples(settings.output_root / "examples")],
                     inputs=[reference], label="Example references",
                 )  # fmt: skip
+                gr.Markdown(
+                    "**Draw background paths** (optional): drag on the picture below; each stroke moves the "
+                    "background along it (green dot: where it starts), with a camera preset or a static background."
+                )
                 draw_paths = gr.Image(
-                    label="Draw background paths: drag on the picture; each stroke moves the background along it "
-                    "(green dot: where it starts). Combines with a camera preset or a static background.",
-                    type="filepath", interactive=False, height=240, buttons=[], elem_id="draw-paths",
+                    label="Draw background paths", show_label=False, type="filepath", interactive=False, height=240,
+                    buttons=[], elem_id="draw-paths",
                 )  # fmt: skip
                 with gr.Row():
                     drawn_paths = gr.Textbox(

@@ -271,6 +271,29 @@ def no_clip_message(video_name: str, error: str) -> str:
 DRAWN_TRACKS = "drawn_tracks.npz"
 
 
+def _reference_person(req: GenerationRequest, cfg: DictConfig, reference, fit):
+    """(H, W) bool person mask of the reference at the output size, to keep drawn tracks off the person: a bundled
+    example's own mask (its shard's first frame, also for an uploaded copy; mediapipe's selfie model takes most of those synthetic pictures
+    for a person), else ``reference_mask`` as generation computes it; None (with a warning) when neither works."""
+    import numpy as np
+    from PIL import Image
+
+    from fgbg.generate import reference_person_mask
+    from fgbg.generation.inputs import load_sample
+
+    data = Path(req.reference).read_bytes()  # Gradio hands over a copy of a picked example: match by content
+    shards = [e.shard for e in DRIVING_EXAMPLES if e.shard.with_suffix(".png").read_bytes() == data]
+    shard = str(shards[0]) if shards else None
+    try:
+        if shard is not None:
+            mask = Image.fromarray(load_sample(shard).masks[0].astype(np.uint8) * 255)
+            return fit.image(mask, *reference.shape[:2], fill=0) > 127
+        return reference_person_mask(cfg, reference, None)
+    except (ImportError, OSError, RuntimeError, ValueError) as err:  # InputError is a ValueError
+        log.warning("drawn paths: no person mask of the reference (%s); strokes on the person are not checked", err)
+        return None
+
+
 def write_drawn_tracks(req: GenerationRequest, cfg: DictConfig, output_dir: Path) -> list[str]:
     """The request's drawn strokes (+ its camera preset) -> ``output_dir/drawn_tracks.npz`` given to generation
     as ``tracks=`` (``camera=null``); returns warnings for the page. Nothing is written without strokes.
@@ -281,7 +304,7 @@ def write_drawn_tracks(req: GenerationRequest, cfg: DictConfig, output_dir: Path
     import numpy as np
     from PIL import Image
 
-    from fgbg.generate import model_data_settings, reference_person_mask
+    from fgbg.generate import model_data_settings
     from fgbg.generation.inputs import load_reference
     from fgbg.generation.sources import load_motion_arrays
 
@@ -296,11 +319,7 @@ def write_drawn_tracks(req: GenerationRequest, cfg: DictConfig, output_dir: Path
     with Image.open(cfg.reference) as img:  # the drawing's size may differ from the file's (a scaled preview)
         sx, sy = img.width / drawn_w, img.height / drawn_h
     strokes = [fit.points(s * np.array([sx, sy])).astype(np.float64) for s in strokes]
-    try:
-        person = reference_person_mask(cfg, reference, None)
-    except (ImportError, OSError, RuntimeError, ValueError) as err:  # InputError is a ValueError
-        log.warning("drawn paths: no person mask of the reference (%s); strokes on the person are not checked", err)
-        person = None
+    person = _reference_person(req, cfg, reference, fit)
     frames = load_motion_arrays(cfg.motion, height, width, cfg.fit, None, None, None)["pose"].shape[0]
     preset = CameraPreset(kind=cfg.camera or "static", **dict(cfg.camera_args))
     num_points = min(int(cfg.num_tracks), int(data.get("max_tracks") or 50))

@@ -71,7 +71,7 @@ def serve(cfg: DictConfig) -> None:
     """Build the page and serve it until interrupted (one request at a time)."""
     settings = page_settings(cfg)  # the model is checked before Gradio is even imported
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
-    from fgbg.app.page import DRAW_JS, THEME, build_page
+    from fgbg.app.page import DRAW_CSS, DRAW_JS, THEME, build_page
 
     page = build_page(settings)
     page.queue(default_concurrency_limit=1)
@@ -81,7 +81,7 @@ def serve(cfg: DictConfig) -> None:
     page.launch(
         server_name=cfg.host, server_port=int(cfg.port), share=False, inbrowser=False, show_error=False,
         allowed_paths=[str(settings.output_root), str(EXAMPLES_DIR)], max_file_size=f"{int(cfg.max_upload_mb)}mb",
-        theme=THEME, js=DRAW_JS,
+        theme=THEME, js=DRAW_JS, css=DRAW_CSS,
     )  # fmt: skip
 
 
