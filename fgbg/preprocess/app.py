@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("done", "skipped")
 # Keys that do not change what is written: they are left out of the settings a manifest is tied to.
-_RUN_KEYS = ("input", "output", "workers", "part", "parts", "overwrite", "split_val", "split_seed")
+_RUN_KEYS = ("input", "output", "workers", "part", "parts", "overwrite", "split_val", "split_seed", "sheet")
 _LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
