@@ -50,7 +50,8 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
     data.max_tracks``; ``model.cfg_dropout.*``, ``model.link_prob`` and ``model.reference_keypoints_dropout``
-    in [0, 1]; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
+    in [0, 1]; ``model.link_augment`` null or {prob in [0, 1], max_t in (0, 1]}; ``model.video_trainable`` a
+    list of strings; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
     :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files.
     """
@@ -103,6 +104,8 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     if not (_number(link_prob) and 0 <= link_prob <= 1):
         problems.append(f"model.link_prob={link_prob!r}: expected a probability in [0, 1]")
 
+    problems += _link_augment_problems(model)
+
     kp_drop = _get(model, "reference_keypoints_dropout", 0.0)
     if not (_number(kp_drop) and 0 <= kp_drop <= 1):
         problems.append(f"model.reference_keypoints_dropout={kp_drop!r}: expected a rate in [0, 1]")
@@ -129,13 +132,42 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
         raise ConfigError("invalid fgbg-train config:\n  " + "\n  ".join(problems))
 
 
+def _link_augment_problems(model: DictConfig) -> list[str]:
+    """``model.link_augment`` (null or {prob in [0, 1], max_t in (0, 1]}) and ``model.video_trainable`` (a list
+    of parameter name patterns; whether each matches a denoiser parameter is checked when the model is built)."""
+    problems = []
+    augment = plain(_get(model, "link_augment"))
+    if augment is not None and not isinstance(augment, Mapping):
+        problems.append(f"model.link_augment={augment!r}: expected null or a mapping {{prob, max_t}}")
+    elif augment is not None:
+        for key in sorted(set(augment) - {"prob", "max_t"}):
+            problems.append(f"model.link_augment.{key}: unknown key; expected prob and max_t")
+        prob, max_t = augment.get("prob", 0.5), augment.get("max_t", 0.3)
+        if not (_number(prob) and 0 <= prob <= 1):
+            problems.append(f"model.link_augment.prob={prob!r}: expected a probability in [0, 1]")
+        if not (_number(max_t) and 0 < max_t <= 1):
+            problems.append(f"model.link_augment.max_t={max_t!r}: expected a fraction of the schedule in (0, 1]")
+    patterns = plain(_get(model, "video_trainable"))
+    if patterns is not None and not (isinstance(patterns, list) and all(isinstance(p, str) for p in patterns)):
+        problems.append(f"model.video_trainable={patterns!r}: expected a list of parameter name patterns")
+    return problems
+
+
 def check_generate_config(cfg: DictConfig) -> None:
-    """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0."""
+    """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0; ``link_mode``
+    one of channels, noise_init, both; ``link_noise`` and ``link_init_weight`` in [0, 1]."""
     guidance = plain(cfg.get("guidance")) or {}
     problems = [
         f"guidance.{name}={scale!r}: expected a classifier-free guidance scale >= 0"
         for name, scale in (guidance.items() if isinstance(guidance, Mapping) else [("", guidance)])
         if not (_number(scale) and scale >= 0)
     ]
+    mode = cfg.get("link_mode", "channels")
+    if mode not in ("channels", "noise_init", "both"):
+        problems.append(f"link_mode={mode!r}: expected channels, noise_init or both")
+    for key, what in (("link_noise", "a fraction of the diffusion schedule"), ("link_init_weight", "a weight")):
+        value = cfg.get(key, 0.0)
+        if not (_number(value) and 0 <= value <= 1):
+            problems.append(f"{key}={value!r}: expected {what} in [0, 1]")
     if problems:
         raise ConfigError("invalid fgbg-generate config:\n  " + "\n  ".join(problems))

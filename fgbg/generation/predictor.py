@@ -16,6 +16,11 @@ Two switches exist for the claims benchmark's ablations (``docs/results.md``):
 ``link=False`` generates every clip independently (no link frame), and
 ``reference_every_clip=False`` injects the reference (bank, global tokens and the
 reference-derived hints) into clip 0 only; later clips see only the link frame.
+
+How the link reaches the next clip (``docs/generation.md``): ``link_mode`` ``channels``
+(the link input channels, the default), ``noise_init`` (the next clip's starting noise
+is mixed with the noised link latent, weight ``link_init_weight``) or ``both``;
+``link_noise`` noises the link given as channels to that fraction of the schedule.
 """
 
 from __future__ import annotations
@@ -37,8 +42,18 @@ class LongVideoPredictor(L.LightningModule):
         seed: int = 0,
         link: bool = True,
         reference_every_clip: bool = True,
+        link_mode: str = "channels",
+        link_noise: float = 0.0,
+        link_init_weight: float = 0.5,
     ):
         super().__init__()
+        from fgbg.models.module import check_link_options
+
+        check_link_options(link_mode, link_noise, link_init_weight)
+        # Passed to sample_clip only when not at their defaults (today's call, and models without these options).
+        defaults = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
+        given = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight}
+        self.link_options = {k: v for k, v in given.items() if v != defaults[k]}
         self.link = link
         self.reference_every_clip = reference_every_clip
         self.model = model
@@ -63,6 +78,9 @@ class LongVideoPredictor(L.LightningModule):
             int(cfg.seed),
             link=bool(cfg.get("link", True)),
             reference_every_clip=bool(cfg.get("reference_every_clip", True)),
+            link_mode=cfg.get("link_mode", "channels"),
+            link_noise=cfg.get("link_noise", 0.0),
+            link_init_weight=cfg.get("link_init_weight", 0.5),
         )
 
     def on_predict_start(self) -> None:
@@ -92,6 +110,7 @@ class LongVideoPredictor(L.LightningModule):
             scheduler=self.scheduler_name,
             guidance=self.guidance,
             generator=generator,
+            **self.link_options,
         )
         self.last_frame = frames[:, -1].detach()
         self.clip_seconds.append(time.perf_counter() - t0)

@@ -11,12 +11,13 @@ Parts (each built from ``conf/model/*.yaml``):
 - ``track_encoder``: track maps -> residuals gated by the background region
   (1 - body region; tracks drive the rest);
 - ``denoiser``: ``UNetMotionModel`` whose input is
-  ``[noisy latent (c), link latent (c), link mask (1), motion hint (c + 1), person hint (c + 1)]``
-  (each hint by config: ``motion_hint``, ``person_hint``).
+  ``[noisy latent (c), link latent (c), link mask (1), link noise level (1), motion hint (c + 1),
+  person hint (c + 1)]`` (the level channel by ``link_augment``, each hint by config: ``motion_hint``,
+  ``person_hint``).
 
 Training stages: ``image`` (one frame per sample; spatial parts train, motion modules
-frozen) and ``video`` (all frames; only the motion modules train, the rest frozen and
-in eval mode). Generation uses ``encode_reference`` then ``sample_clip``.
+frozen) and ``video`` (all frames; the motion modules train, plus the denoiser parameters
+that ``video_trainable`` names, the rest frozen and in eval mode). Generation uses ``encode_reference`` then ``sample_clip``.
 
 Tensor layout: per-frame tensors are (B, F, C, H, W), batch-major; folded to
 (B*F, C, H, W) frame-minor, which is diffusers' ``UNetMotionModel`` order.
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import lightning as L
 import torch
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 CONDITIONS = ("reference", "pose", "tracks")
 SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
 STAGES = ("image", "video")
+LINK_MODES = ("channels", "noise_init", "both")
+LINK_AUGMENT_KEYS = ("prob", "max_t")
 COND_KEYS = (
     "pose_maps",
     "body_region",
@@ -133,6 +137,40 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     return torch.where(snr > 0, weight, torch.ones_like(weight))
 
 
+def _rate(value, lo_open: bool = False) -> bool:
+    """A finite real number in [0, 1] (or (0, 1] with ``lo_open``), not a bool."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return ok and not (lo_open and value == 0)
+
+
+def parse_link_augment(value) -> dict | None:
+    """``model.link_augment``: None (off: no level channel, no draws) or {prob in [0, 1], max_t in (0, 1]}."""
+    if value is None:
+        return None
+    cfg = plain_dict(value)
+    unknown = set(cfg) - set(LINK_AUGMENT_KEYS)
+    if unknown:
+        raise ValueError(f"model.link_augment: unknown keys {sorted(unknown)}; expected {LINK_AUGMENT_KEYS}")
+    cfg = {"prob": 0.5, "max_t": 0.3} | cfg
+    if not _rate(cfg["prob"]):
+        raise ValueError(f"model.link_augment.prob={cfg['prob']!r}: expected a probability in [0, 1]")
+    if not _rate(cfg["max_t"], lo_open=True):
+        raise ValueError(
+            f"model.link_augment.max_t={cfg['max_t']!r}: expected a fraction of the diffusion schedule in (0, 1]"
+        )
+    return {"prob": float(cfg["prob"]), "max_t": float(cfg["max_t"])}
+
+
+def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
+    """Generation's link options (``link_mode``, ``link_noise``, ``link_init_weight``); raises naming the key."""
+    if link_mode not in LINK_MODES:
+        raise ValueError(f"link_mode={link_mode!r}: expected one of {LINK_MODES}")
+    if not _rate(link_noise):
+        raise ValueError(f"link_noise={link_noise!r}: expected a fraction of the diffusion schedule in [0, 1]")
+    if not _rate(link_init_weight):
+        raise ValueError(f"link_init_weight={link_init_weight!r}: expected a weight in [0, 1]")
+
+
 class FgbgModule(L.LightningModule):
     """See the module docstring. Arguments mirror ``conf/model/fgbg_tiny.yaml``."""
 
@@ -154,6 +192,8 @@ class FgbgModule(L.LightningModule):
         motion_hint_fit: str = "irls",
         hint_mask_dilation: int = 1,
         link_prob: float = 0.2,
+        link_augment: Mapping | None = None,
+        video_trainable: Sequence[str] | None = None,
         cfg_dropout: Mapping | None = None,
         pose_gate: bool = True,
         pose_gate_dilation: int = 2,
@@ -201,6 +241,13 @@ class FgbgModule(L.LightningModule):
         self.reference_keypoints_dropout = float(reference_keypoints_dropout)
         self.hint_mask_dilation = hint_mask_dilation
         self.link_prob = link_prob
+        # Set: training noises the link latent to a random level and the denoiser sees that level as one more
+        # constant input channel (docs/model.md "Link augmentation"). None: today's clean link, no channel.
+        self.link_augment = parse_link_augment(link_augment)
+        self.link_level_channel = self.link_augment is not None
+        if isinstance(video_trainable, str) or not all(isinstance(p, str) for p in video_trainable or ()):
+            raise ValueError(f"model.video_trainable={video_trainable!r}: expected a list of parameter name patterns")
+        self.video_trainable = tuple(video_trainable or ())
         self.cfg_dropout = {k: 0.0 for k in CONDITIONS} | plain_dict(cfg_dropout)
         unknown = set(self.cfg_dropout) - set(CONDITIONS)
         if unknown:
@@ -251,7 +298,8 @@ class FgbgModule(L.LightningModule):
         specs, mid_spec = down_residual_specs(unet.config)
         self.track_encoder = TrackEncoder(specs, mid_spec, latent.factor, **plain_dict(track_encoder))
         self.hint_channels = (c + 1 if self.use_motion_hint else 0) + (c + 1 if person_hint else 0)
-        self.denoiser = Denoiser(unet, motion_adapter, c + 1 + self.hint_channels, self.bank, attention_backend)
+        link_channels = c + 1 + int(self.link_level_channel)
+        self.denoiser = Denoiser(unet, motion_adapter, link_channels + self.hint_channels, self.bank, attention_backend)
         if set(self.denoiser.reader_names) != set(self.referencenet.writer_names):
             raise ValueError("denoiser and ReferenceNet spatial self-attention layers do not pair up by name")
         self.apply_stage()
@@ -267,7 +315,7 @@ class FgbgModule(L.LightningModule):
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
         if stage == "video":
-            return {f"denoiser.{n}" for n, _ in self.denoiser.motion_parameters()}
+            return {f"denoiser.{n}" for n, _ in self.denoiser.motion_parameters()} | self._video_extra_names()
         names = {f"denoiser.{n}" for n, _ in self.denoiser.named_parameters() if "motion_modules" not in n}
         names |= {
             f"referencenet.{n}"
@@ -279,6 +327,32 @@ class FgbgModule(L.LightningModule):
             names |= {f"track_encoder.{n}" for n, _ in self.track_encoder.named_parameters()}
         names |= {f"image_encoder.{n}" for n, _ in self.image_encoder.trainable_parameters()}
         return names
+
+    def _video_extra_names(self) -> set[str]:
+        """Denoiser parameters ``video_trainable`` adds to stage video.
+
+        A pattern names a parameter exactly, a module (every parameter under it, e.g.
+        ``denoiser.unet.conv_in``) or an ``fnmatch`` glob; each must match at least one parameter, and only
+        denoiser parameters that stage image trains (stage video runs every other part without a graph).
+        """
+        if not self.video_trainable:
+            return set()
+        allowed = {n for n in self.trainable_names("image") if n.startswith("denoiser.")}
+        names = {n for n, _ in self.named_parameters()}
+        out = set()
+        for pattern in self.video_trainable:
+            hits = {n for n in names if n == pattern or n.startswith(pattern + ".") or fnmatchcase(n, pattern)}
+            if not hits:
+                raise ValueError(
+                    f"model.video_trainable: {pattern!r} matches no parameter (e.g. denoiser.unet.conv_in)"
+                )
+            if hits - allowed:
+                raise ValueError(
+                    f"model.video_trainable: {pattern!r} matches parameters outside the denoiser's spatial layers "
+                    f"(e.g. {sorted(hits - allowed)[:3]}); stage video can train only denoiser parameters"
+                )
+            out |= hits
+        return out
 
     def apply_stage(self) -> None:
         """Set ``requires_grad`` to exactly the stage's trainable set."""
@@ -392,12 +466,15 @@ class FgbgModule(L.LightningModule):
         link_latent: torch.Tensor | None = None,
         link_on: torch.Tensor | None = None,
         plan: dict | None = None,
+        link_level: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One network evaluation.
 
         noisy: (B, F, c, h, w); timestep: (B,); keep: condition -> (B,) bool (False = dropped
-        for classifier-free guidance); link_latent: (B, c, h, w) or None; link_on: (B,) bool.
-        plan: ``denoise_plan(ctx, static, keep, link_latent, link_on)`` made beforehand (``sample_clip`` makes
+        for classifier-free guidance); link_latent: (B, c, h, w) or None; link_on: (B,) bool;
+        link_level: (B,) noise level of the link latent (fraction of the schedule; None: 0), fed only to a
+        model with ``link_augment``.
+        plan: ``denoise_plan(ctx, static, keep, link_latent, link_on, link_level)`` made beforehand (``sample_clip`` makes
         one per guidance pass and clip, reused at every step); None: made here.
         Returns the model output (epsilon, v or x0 by ``prediction_type``), (B, F, c, h, w).
 
@@ -411,7 +488,7 @@ class FgbgModule(L.LightningModule):
         """
         b, f = noisy.shape[:2]
         if plan is None:
-            plan = self.denoise_plan(ctx, static, keep, link_latent, link_on)
+            plan = self.denoise_plan(ctx, static, keep, link_latent, link_on, link_level)
         grads = torch.is_grad_enabled() and self.stage == "image"
         if plan["grads"] != grads:
             raise RuntimeError("denoise: the plan was made in another grad mode; make it where it is used")
@@ -449,11 +526,13 @@ class FgbgModule(L.LightningModule):
         keep: Mapping[str, torch.Tensor],
         link_latent: torch.Tensor | None = None,
         link_on: torch.Tensor | None = None,
+        link_level: torch.Tensor | None = None,
     ) -> dict:
         """What ``denoise`` computes from everything but the noisy input and the timestep: the gated global
         tokens (and their per-frame copy), which branches run, the track residuals times their gate, the pose
-        gate pooled to each residual size, and the denoiser's extra input channels (link latent and mask, motion
-        and person hints, each times its keep), (B, F, C_extra, h, w). Made in the grad mode of its use."""
+        gate pooled to each residual size, and the denoiser's extra input channels (link latent and mask, the
+        link's noise level with ``link_augment``, motion and person hints, each times its keep),
+        (B, F, C_extra, h, w). Made in the grad mode of its use."""
         b, f = static["batch"], static["frames"]
         if not self.use_tracks:
             keep = dict(keep) | {"tracks": torch.zeros_like(keep["tracks"])}
@@ -494,6 +573,9 @@ class FgbgModule(L.LightningModule):
             link_on = torch.zeros(b, dtype=torch.bool, device=ctx.latent.device)
         on = link_on.to(dtype)[:, None, None, None]
         parts = [(link_latent * on)[:, None].expand(b, f, c, h, w), on[:, None].expand(b, f, 1, h, w)]
+        if self.link_level_channel:  # a constant channel: the link's noise level (0 = clean or no link)
+            level = on * (0.0 if link_level is None else link_level.to(dtype)[:, None, None, None])
+            parts.append(level[:, None].expand(b, f, 1, h, w))
         if self.use_motion_hint:
             hint_keep = (keep["reference"] & keep["tracks"]).to(dtype)
             parts.append(static["hint"] * hint_keep[:, None, None, None, None])
@@ -537,6 +619,31 @@ class FgbgModule(L.LightningModule):
     def _rand(self, shape, generator, device) -> torch.Tensor:
         return torch.rand(shape, generator=generator, device=generator.device if generator else device).to(device)
 
+    def _draw_link_levels(self, link_on: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """``link_augment``'s per-sample noise levels (B,): ``U[0, max_t]`` with probability ``prob`` where the
+        link is on, else 0. No draw when augmentation is off or ``prob`` is 0 (the training stream is unchanged)."""
+        if self.link_augment is None or self.link_augment["prob"] == 0:
+            return None
+        b, dev = link_on.shape[0], link_on.device
+        augment = link_on & (self._rand(b, generator, dev) < self.link_augment["prob"])
+        level = self._rand(b, generator, dev) * self.link_augment["max_t"]
+        return torch.where(augment, level, torch.zeros_like(level))
+
+    def noise_link(
+        self, link_latent: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The link latent (B, c, h, w) noised by the training scheduler's ``add_noise`` at timestep
+        ``floor(level * num_train_timesteps)`` where ``level`` (B,) > 0 (kept clean where 0). Returns the latent
+        and the level actually used (timestep / num_train_timesteps, 0 where clean), which the level channel gets."""
+        num_t = self.noise_scheduler.config.num_train_timesteps
+        t = (level * num_t).long().clamp(0, num_t - 1)
+        gen_dev = generator.device if generator else link_latent.device
+        noise = torch.randn(link_latent.shape, generator=generator, device=gen_dev).to(link_latent)
+        noisy = self.noise_scheduler.add_noise(link_latent, noise, t.to(link_latent.device))
+        on = level > 0
+        used = torch.where(on, t.to(level.dtype) / num_t, torch.zeros_like(level))
+        return torch.where(on[:, None, None, None], noisy, link_latent), used
+
     def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None, dropout: bool = True) -> dict:
         """Diffusion loss of one batch (see the batch contract). Returns {"loss", "loss_unweighted"}."""
         cond, link_frame, link_ok = self._select_frames(batch, generator)
@@ -563,11 +670,14 @@ class FgbgModule(L.LightningModule):
         noisy = self.noise_scheduler.add_noise(z0, noise, timesteps)
         keep = {k: (self._rand(b, generator, dev) >= (self.cfg_dropout[k] if dropout else 0.0)) for k in CONDITIONS}
         link_on = link_ok & (self._rand(b, generator, dev) < self.link_prob)
+        link_level = self._draw_link_levels(link_on, generator) if dropout else None
         link_latent = None
         if bool(link_on.any()):
             with torch.no_grad():
                 link_latent = self.latent.encode(link_frame.to(self.dtype), generator)
-        pred = self.denoise(noisy, timesteps, ctx, static, keep, link_latent, link_on)
+                if link_level is not None and bool((link_level > 0).any()):
+                    link_latent, link_level = self.noise_link(link_latent, link_level, generator)
+        pred = self.denoise(noisy, timesteps, ctx, static, keep, link_latent, link_on, link_level=link_level)
 
         kind = self.noise_scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": z0}.get(kind)
@@ -686,6 +796,9 @@ class FgbgModule(L.LightningModule):
         guidance: Mapping[str, float] | None = None,
         generator: torch.Generator | None = None,
         drop: tuple[str, ...] | list[str] = (),
+        link_mode: str = "channels",
+        link_noise: float = 0.0,
+        link_init_weight: float = 0.5,
     ) -> torch.Tensor:
         """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
 
@@ -699,7 +812,12 @@ class FgbgModule(L.LightningModule):
         hint). All scales 1 is plain conditional sampling.
         drop: conditions left out of every pass (as in classifier-free dropout), e.g.
         ``("reference",)`` for the claims benchmark's first-clip-only reference row.
+        link_mode: how ``link_frame`` reaches the clip: ``channels`` (the link input channels), ``noise_init``
+        (the starting noise: ``initial_latents``) or ``both``. link_noise: with the channels, the link latent is
+        noised to this fraction of the schedule (``noise_link``; a model with ``link_augment`` also sees the level).
+        link_init_weight: the noised link's weight in the starting noise (``noise_init``/``both``).
         """
+        check_link_options(link_mode, link_noise, link_init_weight)
         missing = [k for k in COND_KEYS if k not in cond]
         if missing:
             raise KeyError(f"sample_clip: cond lacks {missing}")
@@ -718,10 +836,18 @@ class FgbgModule(L.LightningModule):
         latents = latents * sampler.init_noise_sigma
         cond = {k: v.to(dev) for k, v in cond.items() if k in COND_KEYS}
         static = self.static_conditions(ctx, cond)
-        link_latent, link_on = None, None
+        link_latent, link_on, link_level = None, None, None
         if link_frame is not None:
-            link_latent = self.latent.encode(link_frame.to(dev, self.dtype))
-            link_on = torch.ones(b, dtype=torch.bool, device=dev)
+            clean = self.latent.encode(link_frame.to(dev, self.dtype))
+            if link_mode != "noise_init":
+                link_latent, link_on = clean, torch.ones(b, dtype=torch.bool, device=dev)
+                if link_noise > 0:
+                    if not self.link_level_channel:
+                        log.warning("link_noise=%s: this model was trained without link_augment", link_noise)
+                    level = torch.full((b,), float(link_noise), device=dev)
+                    link_latent, link_level = self.noise_link(clean, level, generator)
+            if link_mode != "channels":
+                latents = self.initial_latents(latents, clean, sampler, link_init_weight, generator)
         bad = set(drop) - set(CONDITIONS)
         if bad:
             raise ValueError(f"drop: unknown conditions {sorted(bad)}; expected {CONDITIONS}")
@@ -733,7 +859,10 @@ class FgbgModule(L.LightningModule):
             for name, scale in guidance.items()
             if scale != 1.0 and name not in drop
         ]
-        passes = [(scale, keep, self.denoise_plan(ctx, static, keep, link_latent, link_on)) for scale, keep in keeps]
+        passes = [
+            (scale, keep, self.denoise_plan(ctx, static, keep, link_latent, link_on, link_level))
+            for scale, keep in keeps
+        ]
         reuse = self.reuse_in_sampling and not self.fsdp_units
         with self._fixed_pose_embedding(static["pose"], reuse and any(plan["run_pose"] for *_, plan in passes)):
             with self.bank.reuse_projections(reuse):
@@ -748,6 +877,30 @@ class FgbgModule(L.LightningModule):
                     latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
         frames = self.latent.decode(latents.flatten(0, 1))
         return frames.unflatten(0, (b, t)).clamp(-1, 1)
+
+    def initial_latents(
+        self,
+        latents: torch.Tensor,
+        link_latent: torch.Tensor,
+        sampler,
+        weight: float,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Starting noise of a linked clip (``link_mode`` ``noise_init``/``both``; the paper links "the final
+        frame of one clip to the input noise for the next").
+
+        The link latent (B, c, h, w) is noised to the sampler's first timestep by the sampler's own ``add_noise``
+        (so it has the starting noise's scale for every sampler), broadcast to all frames (one noise draw shared
+        by the frames) and mixed with the fresh starting noise ``latents`` (B, T, c, h, w), keeping the variance:
+        ``sqrt(weight) * noised link + sqrt(1 - weight) * latents``. weight 0: ``latents`` unchanged.
+        """
+        if weight == 0:
+            return latents
+        gen_dev = generator.device if generator else link_latent.device
+        noise = torch.randn(link_latent.shape, generator=generator, device=gen_dev).to(link_latent)
+        t0 = sampler.timesteps[:1].to(link_latent.device)
+        noised = sampler.add_noise(link_latent, noise, t0).to(latents.dtype)
+        return weight**0.5 * noised[:, None] + (1.0 - weight) ** 0.5 * latents
 
     @contextmanager
     def _fixed_pose_embedding(self, pose: torch.Tensor, enabled: bool = True) -> Iterator[None]:
