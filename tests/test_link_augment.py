@@ -327,3 +327,37 @@ def test_keys_off_train_and_sample_bitwise_as_before(stage):
                                     guidance={"tracks": 2.0}))  # fmt: skip
     assert torch.equal(frames[0], frames[1])
     assert frames[0].shape == (2, 2, 3, H, W)
+
+
+def test_training_with_link_augment_then_video_with_conv_in(tmp_path, synth_shard):
+    """fgbg-train (in process, 2 steps each): stage image with link_augment, then stage video from its weights with
+    conv_in trainable: the video weights carry conv_in, trained, and the run makes a bundle that loads."""
+    from safetensors import safe_open
+
+    from fgbg.models.bundle import bundle_from_run
+    from fgbg.train import train
+    from tests.test_train import FAST
+
+    data = [f"data.train_shards={synth_shard}", f"data.val_shards={synth_shard}", *FAST]
+    augment = ["model.link_augment={prob:1.0,max_t:0.3}", "model.link_prob=1.0"]
+    train(train_config(tmp_path / "img", ["experiment=synthetic_tiny_image", *augment, *data]))
+    weights = tmp_path / "img" / "checkpoints" / "image_ema.safetensors"
+    video = ["experiment=synthetic_tiny_video", f"model.init_from={weights}", "data.clip_len=4",
+             "model.video_trainable=[denoiser.unet.conv_in]", *augment, *data]  # fmt: skip
+    video_cfg = train_config(tmp_path / "vid", video)
+    train(video_cfg)
+    (tmp_path / "vid" / ".hydra").mkdir()
+    OmegaConf.save(video_cfg, tmp_path / "vid" / ".hydra" / "config.yaml")  # what the CLI writes
+    with safe_open(weights, "pt") as f:
+        before = f.get_tensor("denoiser.unet.conv_in.weight")
+    with safe_open(tmp_path / "vid" / "checkpoints" / "video.safetensors", "pt") as f:
+        keys = set(f.keys())
+        after = f.get_tensor("denoiser.unet.conv_in.weight")
+    assert {"denoiser.unet.conv_in.weight", "denoiser.unet.conv_in.bias"} <= keys
+    assert after.shape[1] == 3 + 3 + 1 + 1 + 4 + 4 and not torch.equal(after, before), "conv_in trained in video"
+    bundle = bundle_from_run(tmp_path / "vid", tmp_path / "model.safetensors", ema=False)
+    model, info = load_bundle(bundle)
+    assert info.model_config.link_augment.prob == 1.0 and list(info.model_config.video_trainable) == [
+        "denoiser.unet.conv_in"
+    ]
+    assert torch.equal(model.denoiser.unet.conv_in.weight, after)
