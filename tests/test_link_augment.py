@@ -361,3 +361,36 @@ def test_training_with_link_augment_then_video_with_conv_in(tmp_path, synth_shar
         "denoiser.unet.conv_in"
     ]
     assert torch.equal(model.denoiser.unet.conv_in.weight, after)
+
+
+def test_init_from_a_bundle_without_the_level_channel():
+    """The demo bundle (no link_augment) starts a link-augmented stage-video model: conv_in gets a zero column at
+    the level channel, every other weight is the bundle's, and with a clean link it generates the same frames."""
+    demo = REPO / "fgbg" / "assets" / "demo_model.safetensors"
+    old, info = load_bundle(demo)
+    cfg = info.model_config.copy()
+    cfg.link_augment = AUGMENT
+    cfg.video_trainable = ["denoiser.unet.conv_in"]
+    cfg.init_from = str(demo)
+    new = instantiate(cfg).eval()
+    w_old, w_new = old.denoiser.unet.conv_in.weight, new.denoiser.unet.conv_in.weight
+    assert w_new.shape[1] == w_old.shape[1] + 1
+    assert torch.equal(w_new[:, LEVEL], torch.zeros_like(w_new[:, LEVEL]))
+    assert torch.equal(torch.cat([w_new[:, :LEVEL], w_new[:, LEVEL + 1 :]], 1), w_old)
+    size = info.data["resolution"]
+    batch = random_batch(b=1, t=2, seed=1)
+    batch = {k: torch.nn.functional.interpolate(v.flatten(0, 1), size=(size, size)).unflatten(0, v.shape[:2])
+             if k in ("pose_maps", "body_region", "track_maps") else v for k, v in batch.items()}  # fmt: skip
+    ref = torch.nn.functional.interpolate(batch["reference"], size=(size, size))
+    mask = torch.nn.functional.interpolate(batch["reference_mask"], size=(size, size))
+    link = torch.nn.functional.interpolate(batch["link_frame"], size=(size, size))
+    cond = {k: batch[k] for k in COND_KEYS}
+    frames = []
+    for m in (old, new):
+        ctx = m.encode_reference(ref, mask)
+        frames.append(m.sample_clip(ctx, cond, link, num_inference_steps=2, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(frames[0], frames[1], rtol=0, atol=1e-5)
+    with pytest.raises(BUILD_ERROR, match="conv_in.weight has shape"):
+        bad = cfg.copy()
+        bad.person_hint = False  # 4 channels fewer: not the level channel, refused
+        instantiate(bad)

@@ -32,12 +32,13 @@ def stage_state(module, stage: str | None = None) -> dict[str, torch.Tensor]:
     return {n: p for n, p in module.named_parameters() if n in names}
 
 
-def copy_exact(module, f, expected: set[str], what: str) -> None:
+def copy_exact(module, f, expected: set[str], what: str, adapt=None) -> None:
     """Copy every tensor of the open safetensors file ``f`` into ``module``'s parameters.
 
     The file's keys must equal ``expected`` exactly and every shape must match; otherwise a
     ``ValueError`` starting with ``what`` lists a few missing / unexpected names or the shape.
-    Tensors are cast to the parameter's dtype (bundles may store float16).
+    Tensors are cast to the parameter's dtype (bundles may store float16). ``adapt(name, tensor, shape)``, when
+    given, may first turn a tensor of another shape into one of ``shape`` (``model.init_from`` only).
     """
     keys = set(f.keys())
     missing, unexpected = sorted(expected - keys), sorted(keys - expected)
@@ -49,6 +50,8 @@ def copy_exact(module, f, expected: set[str], what: str) -> None:
     with torch.no_grad():
         for k in sorted(keys):
             t = f.get_tensor(k)
+            if adapt is not None and t.shape != params[k].shape:
+                t = adapt(k, t, params[k].shape)
             if t.shape != params[k].shape:
                 raise ValueError(f"{what}: {k} has shape {tuple(t.shape)}, the model expects {tuple(params[k].shape)}")
             params[k].copy_(t.to(params[k].dtype))
@@ -59,7 +62,9 @@ def load_init_weights(module, path: str) -> str:
 
     A bundle (``python -m fgbg.models.bundle``) carries what both stages train, so a run started
     from one fine-tunes a trained model (e.g. the demo model on one's own videos) with the other
-    stage's weights kept: a stage-image run keeps the bundle's motion modules. Strict either way.
+    stage's weights kept: a stage-image run keeps the bundle's motion modules. Strict either way, except that
+    weights made without ``model.link_augment`` start a model with it (``FgbgModule.adapt_init_tensor``: the
+    level channel's ``conv_in`` column starts at zero).
     """
     from fgbg.models.bundle import FORMAT as BUNDLE_FORMAT
     from fgbg.models.bundle import bundle_names
@@ -67,12 +72,13 @@ def load_init_weights(module, path: str) -> str:
     if os.path.isfile(path):
         with safe_open(path, framework="pt") as f:
             if (f.metadata() or {}).get("format") == BUNDLE_FORMAT:
-                copy_exact(module, f, bundle_names(module), f"model.init_from={path}: bundle does not match this model")
+                what = f"model.init_from={path}: bundle does not match this model"
+                copy_exact(module, f, bundle_names(module), what, getattr(module, "adapt_init_tensor", None))
                 return "bundle"
-    return load_stage_weights(module, path)
+    return load_stage_weights(module, path, getattr(module, "adapt_init_tensor", None))
 
 
-def load_stage_weights(module, path: str) -> str:
+def load_stage_weights(module, path: str, adapt=None) -> str:
     """Copy the stage weights in ``path`` into ``module``; returns the stage they belong to.
 
     Raises naming the file when it is missing, not stage weights, or its keys differ
@@ -87,5 +93,6 @@ def load_stage_weights(module, path: str) -> str:
         if meta.get("format") != FORMAT or meta.get("stage") not in ("image", "video"):
             raise ValueError(f"{path}: not fgbg stage weights (metadata {meta}; expected format {FORMAT})")
         stage = meta["stage"]
-        copy_exact(module, f, module.trainable_names(stage), f"{path}: stage {stage!r} weights do not match this model")
+        what = f"{path}: stage {stage!r} weights do not match this model"
+        copy_exact(module, f, module.trainable_names(stage), what, adapt)
     return stage

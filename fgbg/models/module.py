@@ -354,6 +354,19 @@ class FgbgModule(L.LightningModule):
             out |= hits
         return out
 
+    def adapt_init_tensor(self, name: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """``model.init_from`` weights made without ``link_augment`` into a model with it: ``conv_in``'s weight
+        gets a zero input column at the level channel (right after the link mask), so the model starts out as the
+        one it was made from. Any other shape difference is returned as is (and refused by the loader)."""
+        if name != "denoiser.unet.conv_in.weight" or not self.link_level_channel:
+            return tensor
+        if tensor.shape[1] + 1 != shape[1] or tensor.shape[:1] + tensor.shape[2:] != shape[:1] + shape[2:]:
+            return tensor
+        at = 2 * self.latent.channels + 1  # noisy (c), link (c), link mask (1), then the level
+        zero = tensor.new_zeros(tensor.shape[0], 1, *tensor.shape[2:])
+        log.info("model.init_from: %s has no link level channel; its conv_in column starts at zero", name)
+        return torch.cat([tensor[:, :at], zero, tensor[:, at:]], 1)
+
     def apply_stage(self) -> None:
         """Set ``requires_grad`` to exactly the stage's trainable set."""
         trainable = self.trainable_names()
