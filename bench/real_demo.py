@@ -52,7 +52,8 @@ BUDGET = {
 GENERATE = ["num_frames=32", "steps=10"]
 EVAL = ["data.max_samples=6", "steps=10", "sheet_samples=2", "save_frames=true"]
 PREPROCESS = ["clips.resolution=[64,64]", "clips.length=16", "clips.stride=16", "shards.frame_format=jpg"]
-METRICS = ["psnr", "ssim", "psnr_person", "psnr_background", "ssim_background", "lpips", "track_error_px"]
+METRICS = ["psnr", "ssim", "psnr_person", "psnr_background", "ssim_background", "gradcorr_background",
+           "appearance_hist", "lpips", "track_error_px"]  # fmt: skip
 
 
 def bin_path(name: str) -> str:
@@ -173,19 +174,39 @@ def sheet(evals: dict[str, Path], generated: Path, out: Path) -> None:
 
 
 def main() -> None:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fresh", action="store_true", help="redo every step")
     p.add_argument(
         "--smoke", action="store_true", help="every step at a token size into runs/real_demo_smoke (minutes)"
     )
+    p.add_argument("--out", type=Path, help="run folder (default runs/real_demo, with --smoke runs/real_demo_smoke)")
+    p.add_argument(
+        "--report", action="store_true", help="only rewrite docs/results.md from bench/results/real_demo.json"
+    )
     args = p.parse_args()
+    if args.report:
+        path = ROOT / "bench" / "results" / "real_demo.json"
+        result = json.loads(path.read_text())
+        evals = {}
+        for name, folder in (("synthetic-only", "eval_synthetic_only"), ("fine-tuned", "eval_finetuned")):
+            metrics = OUT / folder / "metrics.json"  # the run's own figures, for measures added since
+            if metrics.is_file():
+                evals[name] = json.loads(metrics.read_text())
+                result["metrics"][name] = {k: evals[name]["mean"].get(k) for k in METRICS}
+        if len(evals) == 2:
+            result["paired_gain"] = paired_gains(evals["synthetic-only"], evals["fine-tuned"])
+        path.write_text(json.dumps(result, indent=1, default=float))
+        write_docs(result)
+        print(markdown(result))
+        return
     if args.smoke:
-        global OUT
         OUT = OUT.with_name("real_demo_smoke")
         for b in BUDGET.values():
             b["max_steps"] = 3
         EVAL[:2] = ["data.max_samples=1", "steps=2"]
         GENERATE[:2] = ["num_frames=8", "steps=2"]
+    OUT = (args.out or OUT).resolve()
     if args.fresh and OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -199,7 +220,7 @@ def main() -> None:
     manifest = shards / "manifest.json"
     if not manifest.is_file() or not (OUT / "preprocess.done").is_file():
         seconds["preprocess"] = run([bin_path("fgbg-preprocess"), f"input={OUT / 'videos'}", f"output={shards}",
-                                     "workers=1", *PREPROCESS], log)  # fmt: skip
+                                     "workers=1", f"sheet={OUT / 'preprocess_sheets'}", *PREPROCESS], log)  # fmt: skip
         (OUT / "preprocess.done").write_text("ok\n")
     train_ids, val_ids = hold_out(manifest, HELD_OUT)
     entries = json.loads(manifest.read_text())["videos"]
@@ -246,6 +267,7 @@ def main() -> None:
         "evaluate": EVAL,
         "preprocess": PREPROCESS,
         "metrics": {name: {k: r["mean"].get(k) for k in METRICS} for name, r in report.items()},
+        "paired_gain": paired_gains(report["synthetic-only"], report["fine-tuned"]),
         "seconds": seconds,
         "total_seconds": time.perf_counter() - t_all,
         "sheet": str(image),
@@ -256,7 +278,38 @@ def main() -> None:
     results.write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)
     (OUT / "report.md").write_text(table)
+    if not args.smoke and args.out is None:
+        write_docs(result)
     print(table)
+
+
+START, END = "<!-- real-demo:start -->", "<!-- real-demo:end -->"
+
+
+def write_docs(result: dict, page: Path = ROOT / "docs" / "results.md") -> None:
+    """Put the table (between the real-demo markers) into docs/results.md; the rest of the page stays."""
+    block = "\n".join([
+        START,
+        f"Written by `make real-demo` (`python bench/real_demo.py`) on {result['date']}; figures in "
+        "`bench/results/real_demo.json`. Generated clip by clip (8 frames per clip) from each held-out "
+        "clip's first frame, its pose and its background tracks, "
+        + " ".join(result["evaluate"]) + "; metrics against the true frames 1..15.",
+        "",
+        markdown(result).rstrip(),
+        "",
+        f"Fine-tuning: stage image {result['steps']['image']} steps, stage video {result['steps']['video']} "
+        f"steps (budget {json.dumps(result['budget'])}). Clips per video: {json.dumps(result['clips'])}.",
+        "",
+        "![real-demo sheet](images/real_demo_sheet.png)",
+        END,
+    ])  # fmt: skip
+    text = page.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Real frames (`make real-demo`)\n\n" + block + "\n"
+    page.write_text(text)
 
 
 def _steps(folder: Path) -> int | None:
@@ -264,6 +317,24 @@ def _steps(folder: Path) -> int | None:
     from claims import _steps as steps_of
 
     return steps_of(str(folder))
+
+
+LOWER_IS_BETTER = {"appearance_hist", "lpips", "track_error_px"}
+
+
+def paired_gains(before: dict, after: dict) -> dict:
+    """Fine-tuned minus synthetic-only per measure (sign: > 0 is better), paired by clip: mean and SE."""
+    import numpy as np
+
+    rows = {s["key"]: s for s in before["per_sample"]}
+    gains = {}
+    for k in METRICS:
+        d = [(s.get(k, np.nan) - rows[s["key"]].get(k, np.nan)) * (-1 if k in LOWER_IS_BETTER else 1)
+             for s in after["per_sample"] if s["key"] in rows]  # fmt: skip
+        d = np.array([x for x in d if x is not None and np.isfinite(x)], float)
+        if len(d) >= 2:
+            gains[k] = {"gain": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))), "n": len(d)}
+    return gains
 
 
 def markdown(result: dict) -> str:
@@ -279,8 +350,12 @@ def markdown(result: dict) -> str:
     ]
     for name, m in result["metrics"].items():
         lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in METRICS) + " |")
-    lines += ["", "Seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items() if v == v),
-              f"; total {result['total_seconds']:.0f} s."]  # fmt: skip
+    gains = result.get("paired_gain", {})
+    if gains:
+        cells = [f"{gains[k]['gain']:+.2f} ± {gains[k]['se']:.2f}" if k in gains else "n/a" for k in METRICS]
+        lines.append("| gain ± SE (paired by clip; > 0: fine-tuned better) | " + " | ".join(cells) + " |")
+    steps = ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items() if v == v)
+    lines += ["", f"Seconds per step of the pipeline: {steps}; total {result['total_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
