@@ -78,7 +78,8 @@ def model_pair(xformers: StandIn, **overrides):
 
 @pytest.mark.parametrize("stage", ["image", "video"])
 def test_xformers_training_step_equals_sdpa(xformers, monkeypatch, stage):
-    # cfg_dropout.reference=0.5 and seed 4 drop the reference of sample 0 only: the mixed keep/drop reader path.
+    # cfg_dropout.reference=0.5 and seed 6 drop the reference of one sample only in both stages: the mixed
+    # keep/drop reader path (the seed depends on the order of the module's draws; the assert below says if not).
     sdpa, xf = model_pair(xformers, stage=stage, **{"cfg_dropout.reference": 0.5})
     keeps, inner = [], attn_mod.reference_attention
 
@@ -93,7 +94,7 @@ def test_xformers_training_step_equals_sdpa(xformers, monkeypatch, stage):
         model.train()
         calls = xformers.calls
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-        loss = model.compute_loss(batch, generator=torch.Generator().manual_seed(4))["loss"]
+        loss = model.compute_loss(batch, generator=torch.Generator().manual_seed(6))["loss"]
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step()
