@@ -30,7 +30,17 @@ def fit_affine(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor,
     Returns (B, T, 2, 3). With 3 or more weighted points: the least-squares affine
     (a small ridge towards the best translation keeps collinear points stable);
     with 1 or 2: the weighted mean translation; with none: the identity.
+    Computed in float32 at least with autocast off (under bf16 autocast the products would come back in
+    bfloat16 and the solve refuse mixed dtypes), returned in the dtype of ``points``.
     """
+    out_dtype = points.dtype
+    work = torch.promote_types(out_dtype, torch.float32)
+    with torch.autocast(points.device.type, enabled=False):
+        affine = _fit_affine(anchor.to(work), points.to(work), weight.to(work), ridge)
+    return affine.to(out_dtype)
+
+
+def _fit_affine(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor, ridge: float) -> torch.Tensor:
     b, t, n, _ = points.shape
     dtype = points.dtype
     w = weight.to(dtype)
@@ -137,7 +147,8 @@ def fit_affine_robust(
 def fit_motion(anchor: torch.Tensor, points: torch.Tensor, weight: torch.Tensor, fit: str = "irls") -> torch.Tensor:
     """The per-frame affine by ``fit``: ``irls`` (:func:`fit_affine_robust`) or ``lstsq`` (:func:`fit_affine`)."""
     if fit == "irls":
-        return fit_affine_robust(anchor, points, weight)
+        with torch.autocast(points.device.type, enabled=False):  # residuals and medians in float32 at least
+            return fit_affine_robust(anchor, points, weight)
     if fit == "lstsq":
         return fit_affine(anchor, points, weight)
     raise ValueError(f"model.motion_hint_fit={fit!r}: expected one of {FITS}")
