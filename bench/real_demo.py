@@ -33,12 +33,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.claims import _steps, bin_path  # noqa: E402
 
 OUT = ROOT / "runs" / "real_demo"
 DEMO = ROOT / "fgbg" / "assets" / "demo_model.safetensors"
@@ -54,10 +55,6 @@ EVAL = ["data.max_samples=6", "steps=10", "sheet_samples=2", "save_frames=true"]
 PREPROCESS = ["clips.resolution=[64,64]", "clips.length=16", "clips.stride=16", "shards.frame_format=jpg"]
 METRICS = ["psnr", "ssim", "psnr_person", "psnr_background", "ssim_background", "gradcorr_background",
            "appearance_hist", "lpips", "track_error_px"]  # fmt: skip
-
-
-def bin_path(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -133,22 +130,14 @@ def evaluate(ckpt: Path, manifest: Path, out: Path, log: Path, fresh: bool) -> t
 
 def first_frame(manifest: Path, out: Path) -> Path:
     """The held-out video's first clip's first frame as a PNG (the driven video's reference)."""
-    from collections import defaultdict
-
     from PIL import Image
 
     from fgbg.data.manifest import manifest_shards
-    from fgbg.data.schema import decode_clip
+    from fgbg.data.shards import iter_clips
 
-    shard = manifest_shards(manifest, "val")[0]
-    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(shard) as tar:
-        for m in tar.getmembers():
-            key, ext = m.name.split(".", 1)
-            samples[key][ext] = tar.extractfile(m).read()
-    key = sorted(samples)[0]
+    clip = next(iter_clips(manifest_shards(manifest, "val")[:1]))
     path = out / "reference.png"
-    Image.fromarray(decode_clip(samples[key], key).frames[0]).save(path)
+    Image.fromarray(clip.frames[0]).save(path)
     return path
 
 
@@ -239,7 +228,7 @@ def main() -> None:
         if not bundle.is_file():
             seconds[f"train {stage}"] = run(train_command(stage, init, manifest), log, env)
             run([sys.executable, "-m", "fgbg.models.bundle", str(folder), str(bundle)], log)
-        steps[stage] = _steps(folder)
+        steps[stage] = _steps(str(folder))
         init = bundle
     tuned = init
     report["fine-tuned"], seconds["evaluate fine-tuned"] = evaluate(tuned, manifest, evals["fine-tuned"], log, False)
@@ -310,13 +299,6 @@ def write_docs(result: dict, page: Path = ROOT / "docs" / "results.md") -> None:
     else:
         text = text.rstrip("\n") + "\n\n## Real frames (`make real-demo`)\n\n" + block + "\n"
     page.write_text(text)
-
-
-def _steps(folder: Path) -> int | None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from claims import _steps as steps_of
-
-    return steps_of(str(folder))
 
 
 LOWER_IS_BETTER = {"appearance_hist", "lpips", "track_error_px"}

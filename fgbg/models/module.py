@@ -228,11 +228,7 @@ class FgbgModule(L.LightningModule):
         self.motion_hint_fit = motion_hint_fit
         self.use_person_hint = person_hint
         self.person_hint_radius = person_hint_radius
-        if not (
-            isinstance(reference_keypoints_dropout, (int, float))
-            and not isinstance(reference_keypoints_dropout, bool)
-            and 0 <= reference_keypoints_dropout <= 1
-        ):
+        if not _rate(reference_keypoints_dropout):
             raise ValueError(
                 f"model.reference_keypoints_dropout={reference_keypoints_dropout!r}: expected a rate in [0, 1]"
             )
