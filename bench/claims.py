@@ -14,6 +14,12 @@ the same budget: stage image then stage video, the same steps / time cap, data a
 ``no_link`` and ``first_clip_ref`` are generation-time ablations of the full model, so
 they share its training budget exactly. Each stage's run folder gets ``done.json`` when it
 finishes; reruns skip finished stages. Everything lands in ``runs/claims/``.
+
+``--config latent`` runs the same benchmark on the tiny latent model (``model=fgbg_tiny_latent``, 64x64
+frames through the tiny VAE, link augmentation on) on 128-frame held-out videos (16 clips), into
+``runs/claims_latent/`` and ``docs/results_latent.md``, with two more rows: ``no_link_aug`` (a third model
+trained with ``model.link_augment=null`` and nothing but motion modules in stage video) and ``noise_init``
+(the full model linking clips through the next clip's starting noise, ``link_mode=noise_init``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "claims")
 HELDOUT = "data/claims_heldout/test-000000.tar"
+HELDOUT_FRAMES = 64
+EXPERIMENT = "synthetic_tiny_{stage}"
 
 # The training budget of every row. Image stage: one random frame per sample, batch 16;
 # video stage: 8-frame clips, batch 4, motion modules only.
@@ -58,14 +66,15 @@ def ensure_data() -> None:
         subprocess.run([synth, "output=data/synthetic", "split=val", "num_videos=64", "seed=1",
                         "videos_per_shard=32"], cwd=ROOT, check=True)  # fmt: skip
     if not os.path.isfile(os.path.join(ROOT, HELDOUT)):
-        subprocess.run([synth, "output=data/claims_heldout", "split=test", "num_videos=16", "seed=3",
-                        "num_frames=64", "camera.weights.static=0", "videos_per_shard=16"], cwd=ROOT, check=True)  # fmt: skip
+        subprocess.run([synth, f"output={os.path.dirname(HELDOUT)}", "split=test", "num_videos=16", "seed=3",
+                        f"num_frames={HELDOUT_FRAMES}", "camera.weights.static=0", "videos_per_shard=16"], cwd=ROOT,
+                       check=True)  # fmt: skip
 
 
 def train_command(model: str, stage: str) -> list[str]:
     budget = BUDGET[stage]
     cmd = [
-        bin_path("fgbg-train"), f"experiment=synthetic_tiny_{stage}", f"task_name={stage}", f"run_name={model}",
+        bin_path("fgbg-train"), f"experiment={EXPERIMENT.format(stage=stage)}", f"task_name={stage}", f"run_name={model}",
         f"paths.log_dir={OUT}", f"seed={SEED}", "resume=auto", "logger=csv",
         f"trainer.max_steps={budget['max_steps']}", f"trainer.max_time={budget['max_time']}",
     ] + MODELS[model] + MODELS_EXTRA[stage]  # fmt: skip
@@ -285,7 +294,8 @@ def report(out_md: str) -> dict:
         "",
         "Written by `make claims` (`python bench/claims.py all`); every number below comes from",
         "`runs/claims/eval/<row>/metrics.json`. Held-out data: "
-        f"`{HELDOUT}` ({results['full']['samples']} synthetic videos of 64 frames, moving cameras only, seed 3),",
+        f"`{HELDOUT}` ({results['full']['samples']} synthetic videos of {HELDOUT_FRAMES} frames, moving cameras only, "
+        "seed 3),",
         f"generated clip by clip ({results['full']['per_sample'][0]['clip_len']} frames per clip) from each video's first "
         f"frame, its true pose and its true background tracks; DDIM {EVAL['steps']} steps, seed {EVAL['seed']}, "
         "guidance 1. Metrics against the true frames from frame 1 on (frame 0 is the reference).",
@@ -321,7 +331,7 @@ def report(out_md: str) -> dict:
         mark = v["holds"] if v["holds"] == "yes" else f"**{v['holds']}**"
         lines.append(f"| {claim} | {key} | {v[win]:.3f} | {lose}: {v[lose]:.3f} | {v['gain']:.3f} +- {v['se']:.3f} "
                      f"| {mark} |")  # fmt: skip
-    lines += ["", "## Training budget (the same for both trained models)", "",
+    lines += ["", "## Training budget (the same for every trained model)", "",
               "| model | stage | steps | seconds | budget |", "|---|---|---|---|---|"]  # fmt: skip
     for model in MODELS:
         for stage in ("image", "video"):
@@ -329,11 +339,14 @@ def report(out_md: str) -> dict:
             lines.append(f"| {model} | {stage} | {t['steps']} | {t['seconds']:.0f} | {t['budget']} |")
     lines += [
         "",
-        "Both models train side by side on one CPU thread each, stage image then stage video",
+        "The models train side by side on one CPU thread each, stage image then stage video",
         f"(`{' '.join(_relative(x) for x in train_command('full', 'image'))}`; "
-        "the pose-only row adds `model.use_tracks=false`). `no_link` and `first_clip_ref` are generation-time",
-        "ablations of the full model (`link=false`, `reference_every_clip=false`), so their budget is the full",
-        "model's. Seed 0 for every run.",
+        + "; ".join(f"the {m} row adds `{' '.join(extra)}`" for m, extra in MODELS.items() if extra)
+        + "). "
+        + ", ".join(f"`{r}`" for r, (m, extra) in ROWS.items() if m == "full" and extra)
+        + " are generation-time ablations of the full model ("
+        + ", ".join(f"`{' '.join(extra)}`" for r, (m, extra) in ROWS.items() if m == "full" and extra)
+        + "), so their budget is the full model's. Seed 0 for every run.",
         "",
         "![colour error against the truth per clip](images/claims_drift.png)",
         "",
@@ -345,7 +358,7 @@ def report(out_md: str) -> dict:
         "## Reproduce",
         "",
         "```",
-        "make claims                      # data, both models, every row, this page (under 3 h on 2 CPU cores)",
+        f"python bench/claims.py all{' --config latent' if CONFIG == 'latent' else ''}   # data, models, rows, this page",
         "python bench/claims.py train     # or one part at a time: train | evaluate | report",
         "```",
         "",
@@ -369,10 +382,45 @@ def report(out_md: str) -> dict:
     return summary
 
 
+CONFIG = "pixel"
+LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
+    "experiment": "synthetic_tiny_latent_{stage}",
+    "out": os.path.join(ROOT, "runs", "claims_latent"),
+    "heldout": "data/claims_heldout_128/test-000000.tar",
+    "heldout_frames": 128,
+    "models": {"no_link_aug": ["model.link_augment=null", "model.video_trainable=[]"]},
+    "rows": {"no_link_aug": ("no_link_aug", []), "noise_init": ("full", ["link_mode=noise_init"])},
+    "claims": [
+        ("link augmentation stops error accumulating", "full", "no_link_aug", "colour_error_background_last"),
+        ("link augmentation stops error accumulating", "full", "no_link_aug", "seam_score"),
+    ],
+    "budget": {
+        "image": {"max_steps": 4000, "max_time": "00:01:30:00"},
+        "video": {"max_steps": 1200, "max_time": "00:00:30:00"},
+    },  # fmt: skip
+}
+
+
+def use_config(name: str) -> None:
+    """``pixel`` (the default, ``make claims``) or ``latent`` (see the module docstring)."""
+    global CONFIG, OUT, HELDOUT, HELDOUT_FRAMES, EXPERIMENT
+    if name not in ("pixel", "latent"):
+        raise ValueError(f"--config {name!r}: expected pixel or latent")
+    CONFIG = name
+    if name == "latent":
+        EXPERIMENT, OUT = LATENT["experiment"], LATENT["out"]
+        HELDOUT, HELDOUT_FRAMES = LATENT["heldout"], LATENT["heldout_frames"]
+        MODELS.update(LATENT["models"])
+        ROWS.update(LATENT["rows"])
+        CLAIMS.extend(LATENT["claims"])
+        for stage, budget in LATENT["budget"].items():
+            BUDGET[stage].update(budget)
+
+
 def set_options(args) -> None:
     """Command-line overrides (smaller budgets for the pipeline's own test)."""
     global OUT
-    OUT = os.path.abspath(args.out)
+    OUT = os.path.abspath(args.out or OUT)
     BUDGET["image"]["max_steps"] = args.image_steps
     BUDGET["video"]["max_steps"] = args.video_steps
     EVAL["max_samples"] = args.max_samples
@@ -388,22 +436,35 @@ MODELS_EXTRA: dict[str, list[str]] = {"image": [], "video": []}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["train", "evaluate", "report", "all"])
+    ap.add_argument("what", choices=["data", "train", "evaluate", "report", "all"])
     ap.add_argument(
         "--models",
         nargs="+",
-        choices=list(MODELS),
+        choices=list(MODELS) + list(LATENT["models"]),
         default=None,
         help="train only these models (make demo-train: full)",
     )
-    ap.add_argument("--out", default=OUT, help="run folder of the benchmark (default runs/claims)")
-    ap.add_argument("--results", default=os.path.join(ROOT, "docs", "results.md"), help="the page to write")
-    ap.add_argument("--image-steps", type=int, default=BUDGET["image"]["max_steps"])
-    ap.add_argument("--video-steps", type=int, default=BUDGET["video"]["max_steps"])
+    ap.add_argument(
+        "--config",
+        choices=["pixel", "latent"],
+        default="pixel",
+        help="pixel: model=fgbg_tiny at 32x32 (make claims); latent: model=fgbg_tiny_latent at 64x64",
+    )
+    ap.add_argument("--out", default=None, help="run folder of the benchmark (default runs/claims[_latent])")
+    ap.add_argument("--results", default=None, help="the page to write (default docs/results[_latent].md)")
+    ap.add_argument("--image-steps", type=int, default=None)
+    ap.add_argument("--video-steps", type=int, default=None)
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
     args = ap.parse_args()
+    use_config(args.config)
+    page = "results_latent.md" if CONFIG == "latent" else "results.md"
+    args.results = args.results or os.path.join(ROOT, "docs", page)
+    args.image_steps = args.image_steps or BUDGET["image"]["max_steps"]
+    args.video_steps = args.video_steps or BUDGET["video"]["max_steps"]
     set_options(args)
+    if args.what == "data":  # training shards and held-out videos only (make tiny-vae)
+        ensure_data()
     if args.what in ("train", "all"):
         train(args.models)
     if args.what in ("evaluate", "all"):

@@ -6,7 +6,9 @@ in one :class:`ConfigError` so a bad sweep entry fails in seconds instead of aft
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,58 +32,53 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_autoencoder(model_cfg: DictConfig) -> bool:
+    """``model=tiny_vae`` (:class:`fgbg.models.vae.VAEModule`): none of the dual-motion model's keys apply."""
+    return str(_get(model_cfg, "_target_", "")).endswith("VAEModule")
+
+
+def _folder_vae_blocks(model_cfg: DictConfig) -> list:
+    """The VAE folder's ``block_out_channels`` (``latent.pretrained[/subfolder]/config.json``), else SD's."""
+    try:
+        folder = _get(model_cfg, "latent.pretrained")
+        sub = _get(model_cfg, "latent.subfolder")
+        path = os.path.join(str(folder), str(sub), "config.json") if sub else os.path.join(str(folder), "config.json")
+        with open(path) as f:
+            return list(json.load(f)["block_out_channels"])
+    except Exception:  # no folder (yet), an unresolved interpolation, or no such key: Stable Diffusion's VAE
+        return [128, 256, 512, 512]
+
+
 def spatial_factor(model_cfg: DictConfig) -> int:
     """Pixels per UNet bottleneck cell: ``2**(len(unet blocks) - 1)`` times the latent's downsampling.
 
-    ``IdentityLatent`` keeps pixels (factor 1); ``VAELatent`` downsamples by ``2**(len(vae blocks) - 1)``
-    (8 for Stable Diffusion's VAE when its config is not spelled out).
+    ``IdentityLatent`` keeps pixels (factor 1); ``VAELatent`` downsamples by ``2**(len(vae blocks) - 1)``,
+    the blocks from ``latent.config`` or the VAE folder's ``config.json`` (8, Stable Diffusion's, when neither).
     """
+    if is_autoencoder(model_cfg):  # experiment=synthetic_tiny_vae: the autoencoder's own downsampling
+        return 2 ** (len(_get(model_cfg, "config.block_out_channels") or [128, 256, 512, 512]) - 1)
     unet_blocks = _get(model_cfg, "unet.config.block_out_channels") or [320, 640, 1280, 1280]
     factor = 2 ** (len(unet_blocks) - 1)
     if str(_get(model_cfg, "latent._target_", "")).endswith("VAELatent"):
-        vae_blocks = _get(model_cfg, "latent.config.block_out_channels") or [128, 256, 512, 512]
+        vae_blocks = _get(model_cfg, "latent.config.block_out_channels") or _folder_vae_blocks(model_cfg)
         factor *= 2 ** (len(vae_blocks) - 1)
     return factor
 
 
-def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
-    """Validate the ``fgbg-train`` config (``conf/train.yaml``); raises :class:`ConfigError`.
-
-    Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
-    video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
-    data.max_tracks``; ``model.cfg_dropout.*``, ``model.link_prob`` and ``model.reference_keypoints_dropout``
-    in [0, 1]; ``model.link_augment`` null or {prob in [0, 1], max_t in (0, 1]}; ``model.video_trainable`` a
-    list of strings; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
-    :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
-    ``data.train_shards`` / ``data.val_shards`` expand to existing files.
-    """
-    problems: list[str] = [
-        f"{key}=???: required, no default (e.g. a local weights folder for model=fgbg_sd15, docs/configs.md)"
-        for key in missing_keys(cfg)
-        if not key.startswith("hydra.")  # Hydra's own run-time node, when composed with it
-    ]
-    data, model = cfg.data, cfg.model
-
-    resolution, factor = _get(data, "resolution"), spatial_factor(model)
-    if not isinstance(resolution, int) or resolution <= 0 or resolution % factor:
-        problems.append(
-            f"data.resolution={resolution!r}: expected a positive multiple of {factor} "
-            f"(UNet downsampling x latent factor of model {_get(model, 'unet.config.block_out_channels')})"
-        )
-
-    clip_len = _get(data, "clip_len")
+def _model_problems(model: DictConfig, clip_len: Any) -> list[str]:
+    """The dual-motion model's own checks (see :func:`check_train_config`)."""
+    problems: list[str] = []
     max_len = _get(model, "motion_adapter.config.motion_max_seq_length")
-    if not isinstance(clip_len, int) or clip_len < 1:
-        problems.append(f"data.clip_len={clip_len!r}: expected an integer >= 1")
-    elif _get(model, "stage") == "video" and isinstance(max_len, int) and clip_len > max_len:
+    if (
+        isinstance(clip_len, int)
+        and _get(model, "stage") == "video"
+        and isinstance(max_len, int)
+        and clip_len > max_len
+    ):
         problems.append(
             f"data.clip_len={clip_len}: stage video allows at most "
             f"model.motion_adapter.config.motion_max_seq_length={max_len} frames"
         )
-
-    lo, hi = _get(data, "min_tracks"), _get(data, "max_tracks")
-    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-        problems.append(f"data.min_tracks={lo!r}, data.max_tracks={hi!r}: expected integers with 1 <= min <= max")
 
     dropout = plain(_get(model, "cfg_dropout")) or {}
     if not isinstance(dropout, Mapping):
@@ -109,6 +106,44 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     kp_drop = _get(model, "reference_keypoints_dropout", 0.0)
     if not (_number(kp_drop) and 0 <= kp_drop <= 1):
         problems.append(f"model.reference_keypoints_dropout={kp_drop!r}: expected a rate in [0, 1]")
+    return problems
+
+
+def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
+    """Validate the ``fgbg-train`` config (``conf/train.yaml``); raises :class:`ConfigError`.
+
+    Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
+    video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
+    data.max_tracks``; ``model.cfg_dropout.*``, ``model.link_prob`` and ``model.reference_keypoints_dropout``
+    in [0, 1]; ``model.link_augment`` null or {prob in [0, 1], max_t in (0, 1]}; ``model.video_trainable`` a
+    list of strings; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
+    :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
+    ``data.train_shards`` / ``data.val_shards`` expand to existing files. For ``model=tiny_vae`` (an
+    autoencoder, ``experiment=synthetic_tiny_vae``) the model checks are skipped: none of their keys exist.
+    """
+    problems: list[str] = [
+        f"{key}=???: required, no default (e.g. a local weights folder for model=fgbg_sd15, docs/configs.md)"
+        for key in missing_keys(cfg)
+        if not key.startswith("hydra.")  # Hydra's own run-time node, when composed with it
+    ]
+    data, model = cfg.data, cfg.model
+
+    resolution, factor = _get(data, "resolution"), spatial_factor(model)
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % factor:
+        problems.append(
+            f"data.resolution={resolution!r}: expected a positive multiple of {factor} "
+            + ("(the autoencoder's downsampling)" if is_autoencoder(model) else
+               f"(UNet downsampling x latent factor of model {_get(model, 'unet.config.block_out_channels')})")
+        )  # fmt: skip
+
+    clip_len = _get(data, "clip_len")
+    if not isinstance(clip_len, int) or clip_len < 1:
+        problems.append(f"data.clip_len={clip_len!r}: expected an integer >= 1")
+    lo, hi = _get(data, "min_tracks"), _get(data, "max_tracks")
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        problems.append(f"data.min_tracks={lo!r}, data.max_tracks={hi!r}: expected integers with 1 <= min <= max")
+    if not is_autoencoder(model):
+        problems += _model_problems(model, clip_len)
 
     for key, value in (plain(cfg.get("extras")) or {}).items():
         if key not in TRAIN_EXTRAS:

@@ -32,3 +32,28 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
     # The pose-only model trains no track encoder and has no motion-hint input.
     cfg = (out / "image" / "runs" / "no_tracks" / ".hydra" / "config.yaml").read_text()
     assert "use_tracks: false" in cfg
+
+
+@pytest.mark.slow
+def test_claims_latent_config_trains_three_models_and_reports_six_rows(tmp_path):
+    """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation ablation and noise-init rows."""
+    out = tmp_path / "claims_latent"
+    page = tmp_path / "docs" / "results_latent.md"
+    page.parent.mkdir()
+    cmd = [sys.executable, "bench/claims.py", "all", "--config", "latent", "--out", str(out), "--results", str(page),
+           "--image-steps", "2", "--video-steps", "2", "--max-samples", "2", "--sample-steps", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "claims.json").read_text())
+    assert set(summary["rows"]) == {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init"}
+    assert {v["metric"] for v in summary["claims"] if v["claim"].startswith("link augmentation")} == {
+        "colour_error_background_last",
+        "seam_score",
+    }
+    assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug"}
+    cfg = (out / "image" / "runs" / "no_link_aug" / ".hydra" / "config.yaml").read_text()
+    assert "link_augment: null" in cfg and "fgbg.models.latent.VAELatent" in cfg
+    full = (out / "video" / "runs" / "full" / ".hydra" / "config.yaml").read_text()
+    assert "max_t: 0.3" in full and "denoiser.unet.conv_in" in full
+    text = page.read_text()
+    assert "| noise_init |" in text and "128 frames" in text

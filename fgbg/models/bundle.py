@@ -12,7 +12,8 @@ the config names their local folders.
 
 makes a bundle from a training run folder (its ``.hydra/config.yaml`` and
 ``checkpoints/{stage}[_ema].safetensors``; a stage-``video`` run takes its
-stage-``image`` weights from ``model.init_from``).
+stage-``image`` weights from ``model.init_from``). A small VAE (the tiny latent model's, at most
+``EMBED_LATENT_MAX_PARAMS``) is the exception: it is embedded, so the demo bundle stands alone.
 """
 
 from __future__ import annotations
@@ -49,9 +50,33 @@ class BundleInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+EMBED_LATENT_MAX_PARAMS = 20_000_000  # a VAE this small travels inside the bundle (SD-1.5's, 84 M, does not)
+
+
 def bundle_names(module) -> set[str]:
     """Parameter names a bundle holds: what either stage trains."""
     return module.trainable_names("image") | module.trainable_names("video")
+
+
+def embedded_latent_names(module) -> set[str]:
+    """The frozen VAE's parameter names when it is small enough to travel in the bundle (the tiny latent model's).
+
+    Such a bundle is self-contained: its config builds the VAE from the embedded ``config`` instead of
+    naming a folder, and the weights come from the bundle.
+    """
+    from fgbg.models.latent import VAELatent
+
+    if not isinstance(getattr(module, "latent", None), VAELatent):
+        return set()
+    params = {n: p for n, p in module.named_parameters() if n.startswith("latent.")}
+    return set(params) if sum(p.numel() for p in params.values()) <= EMBED_LATENT_MAX_PARAMS else set()
+
+
+def bundle_keys(module, f) -> set[str]:
+    """The names an open bundle file ``f`` must hold for ``module``: :func:`bundle_names`, plus the VAE's
+    when the file embeds one (older bundles and SD-sized ones do not)."""
+    embedded = any(k.startswith("latent.") for k in f.keys())
+    return bundle_names(module) | (embedded_latent_names(module) if embedded else set())
 
 
 def _model_config_for_inference(model_cfg: DictConfig) -> DictConfig:
@@ -74,14 +99,20 @@ def save_bundle(
     """Write ``module``'s bundle weights plus configs to ``path`` (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = bundle_names(module)
+    latent_names = embedded_latent_names(module)
+    names = bundle_names(module) | latent_names
     dtype = torch.float16 if half else torch.float32
     tensors = {n: p.detach().to("cpu", dtype).contiguous() for n, p in module.named_parameters() if n in names}
+    inference_cfg = _model_config_for_inference(model_cfg)
+    if latent_names:  # built from the embedded config, weights from the bundle: no folder needed to load it
+        vae_config = {k: v for k, v in dict(module.latent.vae.config).items() if not k.startswith("_")}
+        inference_cfg.latent.pretrained = None
+        inference_cfg.latent.config = OmegaConf.create(json.loads(json.dumps(vae_config)))
     data = {k: (OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg).get(k)
             for k in DATA_KEYS}  # fmt: skip
     meta = {
         "format": FORMAT,
-        "model_config": OmegaConf.to_yaml(_model_config_for_inference(model_cfg)),
+        "model_config": OmegaConf.to_yaml(inference_cfg),
         "data": json.dumps(data),
         "extra": json.dumps(extra or {}),
     }
@@ -115,7 +146,7 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     info = read_bundle_info(path)
     module = hydra.utils.instantiate(info.model_config)
     with safe_open(info.path, framework="pt") as f:
-        copy_exact(module, f, bundle_names(module), f"{info.path}: weights do not match the model its config builds")
+        copy_exact(module, f, bundle_keys(module, f), f"{info.path}: weights do not match the model its config builds")
     return module.to(device).eval(), info
 
 

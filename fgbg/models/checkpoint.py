@@ -64,16 +64,17 @@ def load_init_weights(module, path: str) -> str:
     from one fine-tunes a trained model (e.g. the demo model on one's own videos) with the other
     stage's weights kept: a stage-image run keeps the bundle's motion modules. Strict either way, except that
     weights made without ``model.link_augment`` start a model with it (``FgbgModule.adapt_init_tensor``: the
-    level channel's ``conv_in`` column starts at zero).
+    level channel's ``conv_in`` column starts at zero). A bundle's embedded VAE (the tiny latent model's) is
+    copied into the model's frozen VAE, so a fine-tune encodes with exactly the bundle's latent space.
     """
     from fgbg.models.bundle import FORMAT as BUNDLE_FORMAT
-    from fgbg.models.bundle import bundle_names
+    from fgbg.models.bundle import bundle_keys
 
     if os.path.isfile(path):
         with safe_open(path, framework="pt") as f:
             if (f.metadata() or {}).get("format") == BUNDLE_FORMAT:
                 what = f"model.init_from={path}: bundle does not match this model"
-                copy_exact(module, f, bundle_names(module), what, getattr(module, "adapt_init_tensor", None))
+                copy_exact(module, f, bundle_keys(module, f), what, getattr(module, "adapt_init_tensor", None))
                 return "bundle"
     return load_stage_weights(module, path, getattr(module, "adapt_init_tensor", None))
 

@@ -27,6 +27,16 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()  # absolute path, for @hydra.main(config_path=...) and initialize_config_dir
+ASSETS_DIR = str(Path(__file__).resolve().parents[1] / "assets")
+
+
+def asset_path(name: str) -> str:
+    """``${fgbg_asset:tiny_vae}`` in a config: the absolute path of ``fgbg/assets/<name>`` (installed or not)."""
+    return str(Path(ASSETS_DIR) / str(name))
+
+
+if not OmegaConf.has_resolver("fgbg_asset"):
+    OmegaConf.register_new_resolver("fgbg_asset", asset_path)
 
 
 def plain(value: Any) -> Any:

@@ -1,0 +1,193 @@
+"""The tiny latent configuration: the autoencoder it trains (experiment=synthetic_tiny_vae), the model that
+uses it frozen (model=fgbg_tiny_latent) and bundles that carry the small VAE inside them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from safetensors import safe_open
+
+from fgbg.config_checks import ConfigError, check_train_config
+from fgbg.models.bundle import bundle_names, embedded_latent_names, load_bundle, save_bundle
+from fgbg.models.checkpoint import load_init_weights
+from fgbg.models.latent import VAELatent
+from fgbg.models.vae import (
+    TINY_VAE_CONFIG,
+    VAEModule,
+    build_autoencoder,
+    evaluate_vae,
+    latent_scaling_factor,
+    save_vae,
+)
+from tests.conftest import REPO, run_synth, train_config
+from tests.test_model import H, random_batch, small_model_cfg
+
+MINI_VAE = dict(TINY_VAE_CONFIG, block_out_channels=[8, 8, 8], norm_num_groups=4)  # factor 4, 4 channels
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    vae = build_autoencoder(MINI_VAE)
+    return save_vae(vae, tmp_path_factory.mktemp("vae") / "vae", scaling_factor=0.5)
+
+
+def latent_cfg(vae_dir: Path, **overrides):
+    cfg = small_model_cfg(**overrides)
+    cfg.latent = {"_target_": "fgbg.models.latent.VAELatent", "pretrained": str(vae_dir), "subfolder": None}
+    cfg.unet.config.in_channels = cfg.unet.config.out_channels = 4
+    cfg.controlnet.conditioning_embedding_out_channels = [8, 8, 8]
+    cfg.link_augment = {"prob": 0.5, "max_t": 0.3}
+    cfg.video_trainable = ["denoiser.unet.conv_in"]
+    return cfg
+
+
+def test_vae_losses_and_crops_are_as_documented():
+    torch.manual_seed(0)
+    module = VAEModule(config=MINI_VAE, crop=8)
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    crops = module.random_crops(images)
+    assert crops.shape == (3, 3, 8, 8)
+    # each crop is a window of its own image
+    assert all(any(torch.equal(c, im[:, y : y + 8, x : x + 8]) for y in range(9) for x in range(9))
+               for c, im in zip(crops, images, strict=True))  # fmt: skip
+    terms = module.losses(images, sample=False)
+    expected = sum(module.weights[k] * terms[k] for k in ("l1", "mse", "grad", "kl"))
+    assert torch.allclose(terms["loss"], expected)
+    assert float(terms["kl"].detach()) >= 0 and 0 < float(terms["psnr"]) < 60
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"crop": 12}, "model.crop=12"),
+        ({"kl_weight": -1.0}, "model.kl_weight=-1.0"),
+        ({"config": None}, "give `config`"),
+    ],
+)
+def test_vae_module_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        VAEModule(**({"config": MINI_VAE} | kwargs))
+
+
+def test_scaling_factor_gives_unit_variance_latents(vae_dir):
+    torch.manual_seed(1)
+    vae = build_autoencoder(MINI_VAE).eval()
+    batches = [torch.rand(4, 3, 16, 16) * 2 - 1 for _ in range(3)]
+    factor = latent_scaling_factor(vae, batches)
+    folder = save_vae(vae, vae_dir.parent / "scaled", factor)
+    assert json.loads((folder / "config.json").read_text())["scaling_factor"] == pytest.approx(factor)
+    latent = VAELatent(str(folder), subfolder=None, sample_posterior=False)
+    z = torch.cat([latent.encode(b) for b in batches])
+    assert z.shape == (12, 4, 4, 4)
+    assert float(z.std()) == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(ValueError, match="no images"):
+        latent_scaling_factor(vae, [])
+
+
+def test_fgbg_train_vae_experiment_writes_a_loadable_folder(tmp_path):
+    """The real CLI: a few steps of experiment=synthetic_tiny_vae on fgbg-synth shards -> <run>/vae."""
+    shards = run_synth(tmp_path / "synth", num_videos=4, num_frames=4)
+    val = run_synth(tmp_path / "val", num_videos=2, num_frames=4, seed=1)
+    cmd = [sys.executable, "-m", "fgbg.train", "experiment=synthetic_tiny_vae", f"paths.log_dir={tmp_path}/runs",
+           "run_name=t", f"data.train_shards={shards}/train-000000.tar", f"data.val_shards={val}/train-000000.tar",
+           "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3",
+           "trainer.limit_val_batches=1", "callbacks.vae_export.every_n_train_steps=2", "extras.print_config=false",
+           "model.config.block_out_channels=[8,8,8]", "model.config.norm_num_groups=4"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "runs" / "synthetic_tiny_vae" / "runs" / "t" / "vae"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["latent_channels"] == 4 and config["scaling_factor"] != 1.0
+    latent = VAELatent(str(folder), subfolder=None)
+    assert latent.factor == 4 and latent.channels == 4
+    metrics = evaluate_vae(str(folder), f"{val}/train-000000.tar", max_images=8)
+    assert metrics["images"] == 8 and metrics["psnr_mean"] > 0 and metrics["lpips"] is None
+
+
+def test_config_checks_know_the_autoencoder(tmp_path):
+    shards = run_synth(tmp_path / "synth", num_videos=2, num_frames=4)
+    base = ["experiment=synthetic_tiny_vae", f"data.train_shards={shards}/train-000000.tar",
+            f"data.val_shards={shards}/train-000000.tar"]  # fmt: skip
+    check_train_config(train_config(tmp_path / "a", base))  # no UNet keys: the dual-motion checks are skipped
+    with pytest.raises(ConfigError, match=r"data.resolution=66: expected a positive multiple of 4"):
+        check_train_config(train_config(tmp_path / "b", base + ["data.resolution=66"]))
+    latent = ["experiment=synthetic_tiny_latent_image", f"data.train_shards={shards}/train-000000.tar",
+              f"data.val_shards={shards}/train-000000.tar"]  # fmt: skip
+    check_train_config(train_config(tmp_path / "c", latent))
+    with pytest.raises(ConfigError, match=r"data.resolution=56: expected a positive multiple of 16"):
+        check_train_config(train_config(tmp_path / "d", latent + ["data.resolution=56"]))
+
+
+def test_fgbg_tiny_latent_config_builds_on_the_bundled_vae(tmp_path):
+    from fgbg.utils.config import asset_path
+
+    cfg = train_config(tmp_path, ["model=fgbg_tiny_latent"]).model
+    assert cfg.latent.pretrained == asset_path("tiny_vae")
+    assert (Path(asset_path("tiny_vae")) / "config.json").is_file()
+    model = instantiate(cfg)
+    assert isinstance(model.latent, VAELatent) and model.latent.factor == 4 and model.latent.channels == 4
+    assert model.latent.scaling_factor != 1.0  # measured on data at export
+    assert model.link_level_channel and model.link_augment == {"prob": 0.5, "max_t": 0.3}
+
+
+@pytest.mark.parametrize("stage", ["image", "video"])
+def test_latent_model_trains_a_step(vae_dir, stage):
+    torch.manual_seed(0)
+    model = instantiate(latent_cfg(vae_dir, stage=stage))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("latent.")}
+    out = model.compute_loss(random_batch(t=1 if stage == "image" else 3), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("latent."))
+    trained = [n for n, p in model.named_parameters() if p.grad is not None]
+    assert trained and not any(n.startswith("latent.") for n in trained)
+    if stage == "video":
+        assert any(n.startswith("denoiser.unet.conv_in") for n in trained)  # the link channels learn
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+def test_bundle_embeds_a_small_vae_and_stands_alone(vae_dir, tmp_path):
+    import shutil
+
+    torch.manual_seed(0)
+    cfg = latent_cfg(vae_dir, stage="video")
+    model = instantiate(cfg).eval()
+    own_vae = tmp_path / "own_vae"
+    shutil.copytree(vae_dir, own_vae)
+    cfg.latent.pretrained = str(own_vae)
+    path = save_bundle(model, tmp_path / "b.safetensors", cfg, {"resolution": H, "clip_len": 3})
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert embedded_latent_names(model) and embedded_latent_names(model) <= keys
+    assert keys == bundle_names(model) | embedded_latent_names(model)
+    shutil.rmtree(own_vae)  # the folder the training config named is gone: the bundle does not need it
+    loaded, info = load_bundle(path)
+    assert info.model_config.latent.pretrained is None and info.model_config.latent.config.latent_channels == 4
+    x = torch.rand(2, 3, H, H) * 2 - 1
+    assert torch.equal(loaded.latent.encode(x, torch.Generator().manual_seed(0)),
+                       model.latent.encode(x, torch.Generator().manual_seed(0)))  # fmt: skip
+    # model.init_from=<bundle>: the fine-tuned model takes the bundle's VAE too
+    torch.manual_seed(5)
+    other = instantiate(latent_cfg(vae_dir, stage="image"))
+    assert load_init_weights(other, str(path)) == "bundle"
+    assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in other.named_parameters()
+               if n.startswith("latent."))  # fmt: skip
+
+
+def test_pixel_bundles_are_unchanged(tmp_path):
+    torch.manual_seed(0)
+    cfg = small_model_cfg(stage="video")
+    model = instantiate(cfg)
+    assert embedded_latent_names(model) == set()
+    path = save_bundle(model, tmp_path / "p.safetensors", cfg, {"resolution": H})
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == bundle_names(model)
