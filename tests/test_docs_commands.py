@@ -179,8 +179,13 @@ def producer_outputs(cmd: Command) -> tuple[str, int | None, str] | None:
 
 def run_files(cfg: DictConfig) -> set[str]:
     """What a training run writes under its folder that other commands read."""
-    stage = cfg.model.stage
-    return {"", f"checkpoints/{stage}.safetensors", f"checkpoints/{stage}_ema.safetensors", "checkpoints/last.ckpt"}
+    stage, callbacks = cfg.model.stage, cfg.get("callbacks") or {}
+    files = {"", "checkpoints/last.ckpt"}
+    if callbacks.get("stage_weights") is not None:
+        files |= {f"checkpoints/{stage}.safetensors", f"checkpoints/{stage}_ema.safetensors"}
+    if callbacks.get("vae_export") is not None:  # experiment=synthetic_tiny_vae
+        files.add("vae")
+    return files
 
 
 def run_problems(cmd: Command, trained: dict[str, DictConfig]) -> tuple[int, list[str]]:

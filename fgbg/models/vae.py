@@ -91,6 +91,7 @@ class VAEModule(L.LightningModule):
         kl_weight: float = 1e-6,
         crop: int | None = 32,
         sample_posterior: bool = False,
+        stage: str = "vae",
         optimizer=None,
         lr_scheduler=None,
     ):
@@ -116,7 +117,9 @@ class VAEModule(L.LightningModule):
         self.weights = {"l1": l1_weight, "mse": mse_weight, "grad": grad_weight, "kl": kl_weight}
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.stage = "vae"
+        if stage != "vae":
+            raise ValueError(f"model.stage={stage!r}: the autoencoder has one stage, 'vae'")
+        self.stage = stage
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
