@@ -159,7 +159,7 @@ claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x6
 tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR
 	$(PY) bench/claims.py data
 	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_vae paths.log_dir=runs/tiny_vae run_name=vae $(ARGS)
-	$(PY) -m fgbg.models.vae evaluate runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
+	$(PY) -m fgbg.eval.vae runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
 	  --out bench/results/tiny_vae.json
 
 real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> demo model fine-tuned -> evaluated, driven (~40 min)

@@ -45,7 +45,7 @@ python3 -m fgbg.train experiment=synthetic_tiny_vae "${COMMON[@]}" data.num_work
   "data.train_shards=[$SHARDS]" trainer.max_steps=$VAE_STEPS trainer.max_time=$VAE_TIME > "$W/logs/vae.log" 2>&1
 el "vae rc=$?"
 VAE=$W/vae_run/synthetic_tiny_vae/runs/vae/vae
-python3 -m fgbg.models.vae evaluate "$VAE" data/synthetic/val-000000.tar --out "$W/logs/vae_eval.json" > /dev/null 2>&1
+python3 -m fgbg.eval.vae "$VAE" data/synthetic/val-000000.tar --out "$W/logs/vae_eval.json" > /dev/null 2>&1
 el "vae eval rc=$? $(grep psnr_mean "$W/logs/vae_eval.json")"
 
 # 3. three models, stage image then stage video, side by side

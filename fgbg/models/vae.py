@@ -1,7 +1,7 @@
 """A small diffusers ``AutoencoderKL`` trained on fgbg shards: the latent space of ``model=fgbg_tiny_latent``.
 
     fgbg-train experiment=synthetic_tiny_vae                 # writes <run>/vae/ (a diffusers folder)
-    python -m fgbg.models.vae evaluate <run>/vae data/synthetic/val-000000.tar --out vae_eval.json
+    python -m fgbg.eval.vae <run>/vae data/synthetic/val-000001.tar --out vae_eval.json   # held-out frames
 
 The tiny model in pixel space at 32x32 skips the latent path every real run takes (SD-1.5's VAE). This
 module trains the same kind of autoencoder at toy size (downsampling 4, 4 latent channels: 64x64 frames
@@ -13,8 +13,6 @@ folder's ``config.json``, so :class:`fgbg.models.latent.VAELatent` loads it unch
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -202,77 +199,3 @@ def save_vae(vae: nn.Module, folder: str | os.PathLike, scaling_factor: float) -
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
-
-
-@torch.no_grad()
-def evaluate_vae(vae_dir: str, shards: str | list[str], max_images: int = 1024, lpips_weights: str | None = None,
-                 resolution: int = 64, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
-    """Reconstruction of held-out frames: PSNR (mode of the posterior) mean / 5th percentile, and LPIPS if weights."""
-    from diffusers import AutoencoderKL
-
-    from fgbg.data.shards import expand_shards, iter_clips
-    from fgbg.data.transforms import fit_clip
-
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
-    images = []
-    for clip in iter_clips(expand_shards(shards)):
-        clip = fit_clip(clip, resolution, resolution)
-        images.append(torch.from_numpy(np.array(clip.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1)
-        if sum(len(x) for x in images) >= max_images:
-            break
-    if not images:
-        raise ValueError(f"evaluate_vae: no clips in {shards!r}")
-    x = torch.cat(images)[:max_images]
-    out, values, lp = [], [], []
-    lpips = None
-    if lpips_weights:
-        from fgbg.eval.metrics import LPIPS
-
-        lpips = LPIPS(backbone_weights=lpips_weights).to(device).eval()
-    for chunk in x.split(64):
-        chunk = chunk.to(device)
-        recon = vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
-        values.append(psnr(recon, chunk).cpu())
-        if lpips is not None:
-            lp.append(lpips((recon + 1) / 2, (chunk + 1) / 2).cpu().flatten())
-        out.append(recon[:4].cpu())
-    v = torch.cat(values)
-    res = {
-        "vae": str(vae_dir),
-        "shards": shards,
-        "images": len(v),
-        "resolution": resolution,
-        "psnr_mean": float(v.mean()),
-        "psnr_p05": float(v.quantile(0.05)),
-        "scaling_factor": float(vae.config.scaling_factor),
-        "parameters": sum(p.numel() for p in vae.parameters()),
-        "lpips": float(torch.cat(lp).mean()) if lp else None,
-    }
-    return res
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Evaluate a trained tiny VAE on held-out shards")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("evaluate", help="reconstruction PSNR (and LPIPS with --lpips-weights) on held-out frames")
-    e.add_argument("vae_dir")
-    e.add_argument("shards", help="a shard path or brace pattern")
-    e.add_argument("--max-images", type=int, default=1024)
-    e.add_argument("--resolution", type=int, default=64)
-    e.add_argument(
-        "--lpips-weights",
-        default=None,
-        help="local torchvision alexnet ImageNet weights for LPIPS (docs/evaluation.md)",
-    )
-    e.add_argument("--out", default=None, help="JSON file to write")
-    args = p.parse_args(argv)
-    res = evaluate_vae(args.vae_dir, args.shards, args.max_images, args.lpips_weights, args.resolution)
-    text = json.dumps(res, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
