@@ -41,6 +41,9 @@ def test_wheel_in_a_fresh_venv_composes_configs_from_another_folder(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "fgbg/conf/train.yaml" in names and "fgbg/conf/experiment/synthetic_tiny_image.yaml" in names
     assert "fgbg/conf/generate.yaml" in names and "fgbg/conf/preprocess.yaml" in names
+    # model=fgbg_tiny_latent's default VAE (${fgbg_asset:tiny_vae}) and the demo model travel in the wheel
+    assert {"fgbg/assets/tiny_vae/config.json", "fgbg/assets/tiny_vae/diffusion_pytorch_model.safetensors",
+            "fgbg/assets/demo_model.safetensors", "fgbg/assets/examples/wave_zoom.png"} <= set(names)  # fmt: skip
 
     # A fresh venv whose only extra path is this venv's site-packages (torch & co., read from local disk); a
     # folder added by a .pth line does not run that folder's own .pth files, so the repository's editable
@@ -63,6 +66,10 @@ def test_wheel_in_a_fresh_venv_composes_configs_from_another_folder(tmp_path):
     job = run([venv / "bin" / "fgbg-train", "experiment=synthetic_tiny_image", "--cfg", "job"], elsewhere, env).stdout
     assert "task_name: synthetic_tiny_image" in job and "_target_: fgbg.models.module.FgbgModule" in job
     assert "keep_last_k: 3" in job
+    latent = run(
+        [venv / "bin" / "fgbg-train", "model=fgbg_tiny_latent", "--cfg", "job", "--resolve"], elsewhere, env
+    ).stdout
+    assert f"pretrained: {purelib / 'fgbg' / 'assets' / 'tiny_vae'}" in latent, latent[-2000:]
     helptext = run([venv / "bin" / "fgbg-generate", "--help"], elsewhere, env).stdout
     assert "generate is powered by Hydra" in helptext and "ckpt_path" in helptext
     assert not list(elsewhere.iterdir()), "composing a config wrote into the current folder"
