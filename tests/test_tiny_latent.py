@@ -17,11 +17,10 @@ from fgbg.config_checks import ConfigError, check_train_config
 from fgbg.eval.vae import evaluate_vae
 from fgbg.models.bundle import bundle_names, embedded_latent_names, load_bundle, save_bundle
 from fgbg.models.checkpoint import load_init_weights
-from fgbg.models.latent import VAELatent
+from fgbg.models.latent import VAELatent, build_autoencoder
 from fgbg.models.vae import (
     TINY_VAE_CONFIG,
     VAEModule,
-    build_autoencoder,
     latent_scaling_factor,
     save_vae,
 )

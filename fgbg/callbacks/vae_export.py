@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 
 import lightning as L
 import torch
@@ -32,13 +33,14 @@ class VAEExport(L.Callback):
         self.every = every_n_train_steps
         self.scaling_batches = scaling_batches
         self.gate = OptimizerStepGate()
-        self.recent: list[torch.Tensor] = []  # the last training batches' images (CPU), for the scaling factor
+        # The last training batches (references, no copy and no device sync per step), for the scaling factor
+        self.recent: deque[dict[str, torch.Tensor]] = deque(maxlen=scaling_batches)
 
     def on_train_start(self, trainer, pl_module):
         self.gate.start(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.recent = (self.recent + [frames_of(batch).detach().cpu()])[-self.scaling_batches :]
+        self.recent.append({"frames": batch["frames"].detach(), "reference": batch["reference"].detach()})
         if self.gate.due(trainer, self.every):
             self.export(trainer, pl_module)
 
@@ -53,7 +55,8 @@ class VAEExport(L.Callback):
             vae = pl_module.vae
             was_training = vae.training
             vae.eval()
-            factor = latent_scaling_factor(vae, self.recent, sample=getattr(pl_module, "sample_posterior", False))
+            images = (frames_of(b) for b in self.recent)
+            factor = latent_scaling_factor(vae, images, sample=getattr(pl_module, "sample_posterior", False))
             if trainer.is_global_zero:
                 save_vae(vae, self.dirpath, factor)
                 log.info("wrote %s (step %d, scaling_factor %.4f)", self.dirpath, trainer.global_step, factor)

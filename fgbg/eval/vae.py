@@ -16,11 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak 1 on the [0, 1] scale)."""
-    mse = ((recon.clamp(-1, 1) - target) / 2).square().flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+from fgbg.eval.metrics import LPIPS, _psnr_from_mse
 
 
 @torch.no_grad()
@@ -50,14 +46,12 @@ def evaluate_vae(
     x = torch.cat(images)[:max_images]
     lpips = None
     if lpips_weights:
-        from fgbg.eval.metrics import LPIPS
-
         lpips = LPIPS(backbone_weights=lpips_weights).to(device).eval()
     values, lp = [], []
     for chunk in x.split(64):
         chunk = chunk.to(device)
         recon = vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
-        values.append(psnr(recon, chunk).cpu())
+        values.append(_psnr_from_mse(((recon - chunk) / 2).square().flatten(1).mean(1)).cpu())  # peak 1 on [0, 1]
         if lpips is not None:
             lp.append(lpips((recon + 1) / 2, (chunk + 1) / 2).cpu().flatten())
     v = torch.cat(values)

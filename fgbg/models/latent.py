@@ -22,6 +22,25 @@ class IdentityLatent(nn.Module):
         return latents
 
 
+def build_autoencoder(config) -> nn.Module:
+    """A diffusers ``AutoencoderKL`` with random weights from its kwargs (a dict or a ``DictConfig``)."""
+    from diffusers import AutoencoderKL
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    return AutoencoderKL(**{k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(config).items()})
+
+
+def load_autoencoder(folder: str, key: str, subfolder: str | None = None, variant: str | None = None) -> nn.Module:
+    """A diffusers ``AutoencoderKL`` from a local folder; ``key`` names the config value in the error."""
+    from diffusers import AutoencoderKL
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{key}={folder!r}: expected a local AutoencoderKL folder")
+    return AutoencoderKL.from_pretrained(folder, subfolder=subfolder or None, variant=variant, local_files_only=True)
+
+
 class VAELatent(nn.Module):
     """Frozen ``AutoencoderKL`` from a local diffusers folder; latents scaled by ``scaling_factor``.
 
@@ -42,22 +61,14 @@ class VAELatent(nn.Module):
         variant: str | None = None,
     ):
         super().__init__()
-        from diffusers import AutoencoderKL
-
         if chunk_frames is not None and chunk_frames < 1:
             raise ValueError(f"model.latent.chunk_frames={chunk_frames}: expected an integer >= 1 or null (one call)")
         self.chunk_frames = chunk_frames
 
         if pretrained:
-            if not os.path.isdir(pretrained):
-                raise FileNotFoundError(
-                    f"model.latent.pretrained={pretrained!r}: expected a local AutoencoderKL folder"
-                )
-            self.vae = AutoencoderKL.from_pretrained(
-                pretrained, subfolder=subfolder or None, variant=variant, local_files_only=True
-            )
+            self.vae = load_autoencoder(pretrained, "model.latent.pretrained", subfolder, variant)
         elif config:  # random weights with the right shapes (benchmarks, tests)
-            self.vae = AutoencoderKL(**{k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items()})
+            self.vae = build_autoencoder(config)
         else:
             raise ValueError("model.latent (VAELatent): give `pretrained` (a local folder) or `config`")
         self.vae.requires_grad_(False).eval()

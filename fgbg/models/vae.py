@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fgbg.models.latent import build_autoencoder, load_autoencoder
+
 # AutoencoderKL kwargs of the tiny configuration (conf/model/tiny_vae.yaml repeats them; tests build from here)
 TINY_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
@@ -37,15 +39,6 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     "mid_block_add_attention": True,
     "scaling_factor": 1.0,
 }
-
-
-def build_autoencoder(config: dict[str, Any]) -> nn.Module:
-    from diffusers import AutoencoderKL
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
-    return AutoencoderKL(**{k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(config).items()})
 
 
 def frames_of(batch: dict[str, Any]) -> torch.Tensor:
@@ -98,11 +91,7 @@ class VAEModule(L.LightningModule):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"model.{name}={value!r}: expected a finite number >= 0")
         if pretrained:
-            from diffusers import AutoencoderKL
-
-            if not os.path.isdir(pretrained):
-                raise FileNotFoundError(f"model.pretrained={pretrained!r}: expected a local AutoencoderKL folder")
-            self.vae = AutoencoderKL.from_pretrained(pretrained, local_files_only=True)
+            self.vae = load_autoencoder(pretrained, "model.pretrained")
         elif config:
             self.vae = build_autoencoder(config)
         else:
