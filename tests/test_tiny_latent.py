@@ -27,7 +27,8 @@ from fgbg.models.vae import (
 from tests.conftest import REPO, run_synth, train_config
 from tests.test_model import H, random_batch, small_model_cfg
 
-MINI_VAE = dict(TINY_VAE_CONFIG, block_out_channels=[8, 8, 8], norm_num_groups=4)  # factor 4, 4 channels
+MINI_VAE = dict(TINY_VAE_CONFIG, block_out_channels=[8, 8, 8], norm_num_groups=4)  # factor 4, the tiny VAE's channels
+C = TINY_VAE_CONFIG["latent_channels"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def vae_dir(tmp_path_factory) -> Path:
 def latent_cfg(vae_dir: Path, **overrides):
     cfg = small_model_cfg(**overrides)
     cfg.latent = {"_target_": "fgbg.models.latent.VAELatent", "pretrained": str(vae_dir), "subfolder": None}
-    cfg.unet.config.in_channels = cfg.unet.config.out_channels = 4
+    cfg.unet.config.in_channels = cfg.unet.config.out_channels = C
     cfg.controlnet.conditioning_embedding_out_channels = [8, 8, 8]
     cfg.link_augment = {"prob": 0.5, "max_t": 0.3}
     cfg.video_trainable = ["denoiser.unet.conv_in"]
@@ -86,7 +87,7 @@ def test_scaling_factor_gives_unit_variance_latents(vae_dir):
     assert json.loads((folder / "config.json").read_text())["scaling_factor"] == pytest.approx(factor)
     latent = VAELatent(str(folder), subfolder=None, sample_posterior=False)
     z = torch.cat([latent.encode(b) for b in batches])
-    assert z.shape == (12, 4, 4, 4)
+    assert z.shape == (12, C, 4, 4)
     assert float(z.std()) == pytest.approx(1.0, abs=0.15)
     with pytest.raises(ValueError, match="no images"):
         latent_scaling_factor(vae, [])
@@ -105,9 +106,9 @@ def test_fgbg_train_vae_experiment_writes_a_loadable_folder(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "runs" / "synthetic_tiny_vae" / "runs" / "t" / "vae"
     config = json.loads((folder / "config.json").read_text())
-    assert config["latent_channels"] == 4 and config["scaling_factor"] != 1.0
+    assert config["latent_channels"] == C and config["scaling_factor"] != 1.0
     latent = VAELatent(str(folder), subfolder=None)
-    assert latent.factor == 4 and latent.channels == 4
+    assert latent.factor == 4 and latent.channels == C
     metrics = evaluate_vae(str(folder), f"{val}/train-000000.tar", max_images=8)
     assert metrics["images"] == 8 and metrics["psnr_mean"] > 0 and metrics["lpips"] is None
 
@@ -133,7 +134,7 @@ def test_fgbg_tiny_latent_config_builds_on_the_bundled_vae(tmp_path):
     assert cfg.latent.pretrained == asset_path("tiny_vae")
     assert (Path(asset_path("tiny_vae")) / "config.json").is_file()
     model = instantiate(cfg)
-    assert isinstance(model.latent, VAELatent) and model.latent.factor == 4 and model.latent.channels == 4
+    assert isinstance(model.latent, VAELatent) and model.latent.factor == 4 and model.latent.channels == C
     assert model.latent.scaling_factor != 1.0  # measured on data at export
     assert model.link_level_channel and model.link_augment == {"prob": 0.5, "max_t": 0.3}
 
@@ -170,7 +171,7 @@ def test_bundle_embeds_a_small_vae_and_stands_alone(vae_dir, tmp_path):
     assert keys == bundle_names(model) | embedded_latent_names(model)
     shutil.rmtree(own_vae)  # the folder the training config named is gone: the bundle does not need it
     loaded, info = load_bundle(path)
-    assert info.model_config.latent.pretrained is None and info.model_config.latent.config.latent_channels == 4
+    assert info.model_config.latent.pretrained is None and info.model_config.latent.config.latent_channels == C
     x = torch.rand(2, 3, H, H) * 2 - 1
     assert torch.equal(loaded.latent.encode(x, torch.Generator().manual_seed(0)),
                        model.latent.encode(x, torch.Generator().manual_seed(0)))  # fmt: skip
