@@ -160,7 +160,7 @@ tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_ti
 	$(PY) bench/claims.py data
 	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_vae paths.log_dir=runs/tiny_vae run_name=vae $(ARGS)
 	$(PY) -m fgbg.eval.vae runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
-	  --out bench/results/tiny_vae.json
+	  --out bench/results/tiny_vae.json --sheet docs/images/tiny_vae_sheet.png
 
 real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> demo model fine-tuned -> evaluated, driven (~40 min)
 	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || (apt-get update -q && apt-get install -y -q opencv-doc) \

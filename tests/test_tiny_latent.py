@@ -109,8 +109,13 @@ def test_fgbg_train_vae_experiment_writes_a_loadable_folder(tmp_path):
     assert config["latent_channels"] == C and config["scaling_factor"] != 1.0
     latent = VAELatent(str(folder), subfolder=None)
     assert latent.factor == 4 and latent.channels == C
-    metrics = evaluate_vae(str(folder), f"{val}/train-000000.tar", max_images=8)
+    sheet = tmp_path / "sheet.png"
+    metrics = evaluate_vae(str(folder), f"{val}/train-000000.tar", max_images=8, sheet=str(sheet), sheet_images=4)
     assert metrics["images"] == 8 and metrics["psnr_mean"] > 0 and metrics["lpips"] is None
+    from PIL import Image
+
+    with Image.open(sheet) as im:  # 4 pairs of 64x64 frames, 3 pairs a row -> 2 rows, upscaled 3x
+        assert im.size == (3 * (3 * (2 * 64 + 2) + 2 * 6), 3 * (2 * 64 + 2))
 
 
 def test_config_checks_know_the_autoencoder(tmp_path):

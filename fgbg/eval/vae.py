@@ -1,9 +1,11 @@
 """Reconstruction quality of a trained autoencoder (``experiment=synthetic_tiny_vae``) on held-out frames.
 
-    python -m fgbg.eval.vae <run>/vae data/synthetic/val-000001.tar --out vae_eval.json [--lpips-weights W]
+    python -m fgbg.eval.vae <run>/vae data/synthetic/val-000001.tar --out vae_eval.json [--lpips-weights W] \
+        [--sheet vae_sheet.png]
 
 PSNR of every frame decoded from the posterior's mean (mean and 5th percentile), and LPIPS with local
-AlexNet weights when given (none are downloaded).
+AlexNet weights when given (none are downloaded). ``--sheet`` writes a PNG of held-out frames beside their
+reconstructions (evenly spaced over the set, three pairs per row, upscaled 3x) to look at.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def evaluate_vae(
     lpips_weights: str | None = None,
     resolution: int = 64,
     device: str = "cpu",
+    sheet: str | None = None,
+    sheet_images: int = 12,
 ) -> dict[str, Any]:
     """Every frame of the clips in ``shards`` (at most ``max_images``) through the VAE folder ``vae_dir``."""
     from diffusers import AutoencoderKL
@@ -55,6 +59,10 @@ def evaluate_vae(
         if lpips is not None:
             lp.append(lpips((recon + 1) / 2, (chunk + 1) / 2).cpu().flatten())
     v = torch.cat(values)
+    if sheet:
+        picks = torch.linspace(0, len(x) - 1, min(sheet_images, len(x))).round().long()
+        pairs = x[picks].to(device)
+        write_pair_sheet(pairs, vae.decode(vae.encode(pairs).latent_dist.mode()).sample.clamp(-1, 1), sheet)
     return {
         "vae": str(vae_dir),
         "shards": shards,
@@ -68,6 +76,28 @@ def evaluate_vae(
     }
 
 
+def write_pair_sheet(images: torch.Tensor, recon: torch.Tensor, path: str, per_row: int = 3, scale: int = 3) -> None:
+    """PNG of (image | reconstruction) pairs, ``per_row`` pairs a row, a 2-pixel gap, nearest upscaling."""
+    from PIL import Image
+
+    def to_u8(t: torch.Tensor) -> np.ndarray:
+        return ((t.float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+    n, _, h, w = images.shape
+    gap = 2
+    rows = (n + per_row - 1) // per_row
+    cell_w = 2 * w + gap
+    canvas = np.full((rows * (h + gap) - gap, per_row * (cell_w + 3 * gap) - 3 * gap, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, per_row)
+        y, x0 = r * (h + gap), c * (cell_w + 3 * gap)
+        canvas[y : y + h, x0 : x0 + w] = to_u8(images[i])
+        canvas[y : y + h, x0 + w + gap : x0 + cell_w] = to_u8(recon[i])
+    out = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Reconstruction PSNR (and LPIPS) of a trained VAE on held-out shards")
     p.add_argument("vae_dir", help="a diffusers AutoencoderKL folder, e.g. <run>/vae")
@@ -76,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--lpips-weights", default=None, help="local torchvision AlexNet ImageNet weights for LPIPS")
     p.add_argument("--out", default=None, help="JSON file to write")
+    p.add_argument("--sheet", default=None, help="PNG of held-out frames beside their reconstructions")
     args = p.parse_args(argv)
-    res = evaluate_vae(args.vae_dir, args.shards, args.max_images, args.lpips_weights, args.resolution)
+    res = evaluate_vae(args.vae_dir, args.shards, args.max_images, args.lpips_weights, args.resolution,
+                       sheet=args.sheet)  # fmt: skip
     text = json.dumps(res, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
