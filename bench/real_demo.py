@@ -2,6 +2,8 @@
 
     make real-demo                  # = python bench/real_demo.py (about 40 minutes on 2 CPU cores)
     python bench/real_demo.py --fresh
+    python bench/real_demo.py --demo <bundle>   # another synthetic-only bundle; a latent one (model=fgbg_tiny_latent)
+                                                # fine-tunes with experiment=synthetic_tiny_latent_{image,video}
 
 Steps, each a real command line of ours, each skipped when its output is there (``--fresh`` redoes all):
 
@@ -108,10 +110,19 @@ def hold_out(manifest_path: Path, name: str) -> tuple[list[str], list[str]]:
     return [v for v in done if v not in val], val
 
 
-def train_command(stage: str, init_from: Path, manifest: Path) -> list[str]:
+def experiment_of(bundle: Path) -> str:
+    """The experiment family a demo bundle fine-tunes with: ``synthetic_tiny_latent`` for a model in a VAE's
+    latent space (``model=fgbg_tiny_latent``, 64x64), else ``synthetic_tiny`` (pixels, 32x32)."""
+    from fgbg.models.bundle import read_bundle_info
+
+    target = str(read_bundle_info(bundle).model_config.get("latent", {}).get("_target_", ""))
+    return "synthetic_tiny_latent" if target.endswith("VAELatent") else "synthetic_tiny"
+
+
+def train_command(stage: str, init_from: Path, manifest: Path, experiment: str = "synthetic_tiny") -> list[str]:
     b = BUDGET[stage]
     return [
-        bin_path("fgbg-train"), f"experiment=synthetic_tiny_{stage}", "data=shards", f"data.train_shards={manifest}",
+        bin_path("fgbg-train"), f"experiment={experiment}_{stage}", "data=shards", f"data.train_shards={manifest}",
         "data.val_shards=null", f"task_name=real_{stage}", "run_name=finetune", f"paths.log_dir={OUT}", "seed=0",
         "resume=auto", "logger=csv", f"model.init_from={init_from}", f"model.optimizer.lr={b['lr']}",
         f"trainer.max_steps={b['max_steps']}", f"trainer.max_time={b['max_time']}",
@@ -170,6 +181,7 @@ def main() -> None:
         "--smoke", action="store_true", help="every step at a token size into runs/real_demo_smoke (minutes)"
     )
     p.add_argument("--out", type=Path, help="run folder (default runs/real_demo, with --smoke runs/real_demo_smoke)")
+    p.add_argument("--demo", type=Path, default=DEMO, help="the synthetic-only bundle to fine-tune (default: the demo)")
     p.add_argument(
         "--report", action="store_true", help="only rewrite docs/results.md from bench/results/real_demo.json"
     )
@@ -217,16 +229,16 @@ def main() -> None:
     evals = {"synthetic-only": OUT / "eval_synthetic_only", "fine-tuned": OUT / "eval_finetuned"}
     report = {}
     report["synthetic-only"], seconds["evaluate synthetic-only"] = evaluate(
-        DEMO, manifest, evals["synthetic-only"], log, args.fresh
+        args.demo, manifest, evals["synthetic-only"], log, args.fresh
     )
 
-    init = DEMO
+    init, experiment = args.demo, experiment_of(args.demo)
     steps = {}
     for stage in ("image", "video"):
         folder = OUT / f"real_{stage}" / "runs" / "finetune"
         bundle = OUT / f"finetuned_{stage}.safetensors"
         if not bundle.is_file():
-            seconds[f"train {stage}"] = run(train_command(stage, init, manifest), log, env)
+            seconds[f"train {stage}"] = run(train_command(stage, init, manifest, experiment), log, env)
             run([sys.executable, "-m", "fgbg.models.bundle", str(folder), str(bundle)], log)
         steps[stage] = _steps(str(folder))
         init = bundle
@@ -245,6 +257,8 @@ def main() -> None:
 
     result = {
         "benchmark": "real frames end to end (bench/real_demo.py)",
+        "demo": str(args.demo.resolve().relative_to(ROOT) if args.demo.resolve().is_relative_to(ROOT) else args.demo),
+        "experiment": experiment,
         "videos": videos,
         "clips": {v: entries[v].get("clips") for v in entries},
         "status": {v: entries[v].get("status") for v in entries},

@@ -196,3 +196,20 @@ def test_pixel_bundles_are_unchanged(tmp_path):
     path = save_bundle(model, tmp_path / "p.safetensors", cfg, {"resolution": H})
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == bundle_names(model)
+
+
+def test_real_demo_fine_tunes_a_bundle_with_its_own_experiment(vae_dir, tmp_path):
+    """bench/real_demo.py --demo <bundle>: a latent bundle fine-tunes as synthetic_tiny_latent_*, pixels as before."""
+    from bench.real_demo import experiment_of, train_command
+
+    torch.manual_seed(0)
+    cfg = latent_cfg(vae_dir, stage="video")
+    latent = save_bundle(instantiate(cfg).eval(), tmp_path / "l.safetensors", cfg, {"resolution": H, "clip_len": 3})
+    pixel_cfg = small_model_cfg(stage="video")
+    pixel = save_bundle(instantiate(pixel_cfg), tmp_path / "p.safetensors", pixel_cfg, {"resolution": H})
+    assert experiment_of(latent) == "synthetic_tiny_latent" and experiment_of(pixel) == "synthetic_tiny"
+    cmd = train_command("image", latent, tmp_path / "manifest.json", experiment_of(latent))
+    assert "experiment=synthetic_tiny_latent_image" in cmd and f"model.init_from={latent}" in cmd
+    # the experiment composes with the bundle as init_from (the checks fgbg-train runs before training)
+    overrides = [a for a in cmd[1:] if not a.startswith(("data.train_shards", "data.val_shards", "paths."))]
+    assert train_config(tmp_path / "cfg", overrides).model.init_from == str(latent)
