@@ -10,8 +10,10 @@ seed 0) the first ``clip_len`` frames of each clip are generated three times, wi
 (the clip's first stored frame), true reference mask, pose and tracks, and only the reference keypoints changed:
 
   true       the shard's keypoints of the reference frame (what training gives)
-  estimated  mediapipe pose on the reference image as stored (64x64), mapped to the model's size by the same
-             ``Fit`` as the image: generation's default; zero keypoints (no person hint) where it finds no one
+  estimated  mediapipe pose on the reference image as stored (64x64), top-down in a window around the true
+             reference mask (as ``reference_mask=PATH`` gives fgbg-generate; ``--whole-image``: without), mapped
+             to the model's size by the same ``Fit`` as the image: generation's default; zero keypoints (no person
+             hint) where it finds no one
   none       zero keypoints: no person hint (``reference_keypoints=none``)
 
 Person PSNR (``bench.learn_check.masked_psnr``, inside the true person mask) of frames 1.. of each clip (frame 0
@@ -56,15 +58,21 @@ def ensure_heldout(path: str, num: int) -> None:
                         "seed=1", f"videos_per_shard={num}"], cwd=ROOT, check=True)  # fmt: skip
 
 
-def estimated_keypoints(frames: list[np.ndarray], size: int, fit: str) -> tuple[torch.Tensor, list[bool]]:
-    """Generation's default path on each stored reference frame: (N, 18, 3) keypoints, and found or not."""
+def estimated_keypoints(
+    frames: list[np.ndarray], size: int, fit: str, masks: list[np.ndarray] | None = None
+) -> tuple[torch.Tensor, list[bool]]:
+    """Generation's default path on each stored reference frame: (N, 18, 3) keypoints, and found or not.
+
+    ``masks``: each reference's person mask (as ``reference_mask=PATH`` gives ``fgbg-generate``), for the
+    top-down pose window; None: the whole image only (before 2026-12-01)."""
     out, found = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, frame in enumerate(frames):
             path = os.path.join(tmp, f"reference{i}.png")
             Image.fromarray(frame).save(path)
             try:
-                out.append(estimate_reference_keypoints(path, size, size, fit))
+                mask = None if masks is None else masks[i]
+                out.append(estimate_reference_keypoints(path, size, size, fit, mask))
                 found.append(True)
             except InputError:  # no person: fgbg-generate goes on without the person hint (zero keypoints)
                 out.append(np.zeros((18, 3), np.float32))
@@ -107,6 +115,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fit", default="crop", help="fgbg-generate's fit of the reference image")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--whole-image", action="store_true", help="mediapipe on the whole reference (no person window)")
     ap.add_argument("--out", default="bench/results/person_hint_keypoints.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,7 +131,8 @@ def main() -> int:
     )  # fmt: skip
     batch = next(iter(dm.val_dataloader()))
     n = batch["frames"].shape[0]
-    stored = [clip.frames[0] for _, clip in zip(range(n), iter_clips([args.shards]))]
+    clips = [clip for _, clip in zip(range(n), iter_clips([args.shards]))]
+    stored = [clip.frames[0] for clip in clips]
     # The stored first frames are the batch's references (resized): the same clips in the same order.
     small = torch.stack(
         [torch.from_numpy(np.array(Image.fromarray(f).resize((size, size), Image.BOX))) for f in stored]
@@ -132,7 +142,8 @@ def main() -> int:
         sys.exit(f"stored first frames do not match the batch references (mean abs {gap:.3f}): clip order differs")
 
     t0 = time.time()
-    estimated, found = estimated_keypoints(stored, size, args.fit)
+    masks = None if args.whole_image else [clip.masks[0] for clip in clips]
+    estimated, found = estimated_keypoints(stored, size, args.fit, masks)
     seconds_mediapipe = time.time() - t0
     keypoints = {"true": batch["reference_keypoints"], "estimated": estimated, "none": torch.zeros_like(estimated)}
     truth, person = batch["frames"][:, 1:], batch["masks"][:, 1:]
@@ -155,6 +166,7 @@ def main() -> int:
         "frames_evaluated_per_clip": clip_len - 1,
         "resolution": size,
         "steps": args.steps,
+        "pose_window": not args.whole_image,
         "mediapipe_found": len(hit),
         "mediapipe_found_fraction": len(hit) / n,
         "mediapipe_keypoint_error_px": float(

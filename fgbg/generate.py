@@ -77,6 +77,37 @@ def check_outputs(output_dir: Path, overwrite: bool) -> None:
         )
 
 
+def pose_window_mask(cfg: DictConfig) -> np.ndarray | None:
+    """The reference person's mask at the reference image's own size, for the top-down pose window of
+    :func:`estimate_reference_keypoints`: ``reference_mask=PATH`` resized to the image, ``auto`` the selfie
+    segmenter's (None without mediapipe), ``none`` None."""
+    from PIL import Image
+
+    choice = cfg.reference_mask
+    if choice in (None, "none"):
+        return None
+    with Image.open(cfg.reference) as im:
+        size = im.size
+        image = np.asarray(im.convert("RGB")) if choice == "auto" else None
+    if choice != "auto":
+        if not Path(choice).is_file():
+            raise InputError(f"reference_mask {choice} does not exist (expected a mask image, white = person)")
+        try:
+            with Image.open(choice) as m:
+                return np.asarray(m.convert("L").resize(size, Image.NEAREST)) > 127
+        except (OSError, ValueError) as err:
+            raise InputError(f"reference_mask {choice} is not a readable image: {err}") from None
+    try:
+        from fgbg.preprocess.masks import SelfieSegmenter
+    except ImportError:
+        return None
+    seg = SelfieSegmenter()
+    try:
+        return seg(image, None) > 0.5
+    finally:
+        seg.close()
+
+
 def reference_person_mask(cfg: DictConfig, reference: np.ndarray, keypoints: np.ndarray | None) -> np.ndarray | None:
     """(H, W) bool person mask of the reference, per ``cfg.reference_mask``."""
     from fgbg.data.render import render_body_region
@@ -105,17 +136,21 @@ def reference_person_mask(cfg: DictConfig, reference: np.ndarray, keypoints: np.
         return render_body_region(keypoints[None], h, w)[0, 0] > 0.5
 
 
-def estimate_reference_keypoints(path: str, height: int, width: int, fit: str) -> np.ndarray:
+def estimate_reference_keypoints(
+    path: str, height: int, width: int, fit: str, person_mask: np.ndarray | None = None
+) -> np.ndarray:
     """(18, 3) OpenPose-18 keypoints of the reference person, in output pixels (corner origin).
 
-    MediaPipe pose runs on the image at its own size; the points are then mapped
-    with the same ``Fit`` as the reference image. Hidden keypoints have low confidence.
+    MediaPipe pose runs on the image at its own size: top-down on a window around ``person_mask`` (bool,
+    the image's own size; :func:`fgbg.preprocess.pose.pose_in_person_box`) when given, then on the whole
+    image if that finds no one. The points are mapped with the same ``Fit`` as the reference image.
+    Hidden keypoints have low confidence.
     """
     from PIL import Image
 
     _, fit_map = load_reference(path, height, width, fit)  # checks the file first
     try:
-        from fgbg.preprocess.pose import MediaPipePose
+        from fgbg.preprocess.pose import MediaPipePose, pose_in_person_box
 
         estimator = MediaPipePose()
     except ImportError as err:
@@ -123,7 +158,13 @@ def estimate_reference_keypoints(path: str, height: int, width: int, fit: str) -
         raise InputError(msg) from None
     try:
         with Image.open(path) as im:
-            keypoints = estimator(np.asarray(im.convert("RGB")))
+            image = np.asarray(im.convert("RGB"))
+        keypoints = None
+        if person_mask is not None and person_mask.any():
+            keypoints = pose_in_person_box(estimator, image, person_mask)
+            estimator.reset()  # video mode tracks: the whole-image try must not start from the window's ROI
+        if keypoints is None:
+            keypoints = estimator(image)
     finally:
         estimator.close()
     if keypoints is None:
@@ -147,11 +188,12 @@ def prepare_jobs(cfg: DictConfig, data: dict[str, Any]) -> tuple[VideoJobs, dict
         raise ValueError(f"num_frames={cfg.num_frames}: must be >= 1")
     reference, _ = load_reference(cfg.reference, height, width, cfg.fit)
     ref_kp = None
+    window = pose_window_mask(cfg) if cfg.reference_keypoints in (None, "auto") else None  # a bad mask file: error
     if cfg.reference_keypoints == "auto":
-        ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+        ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit, window)
     elif cfg.reference_keypoints is None:  # default: estimated, as training always gives the person hint a pose
         try:
-            ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit)
+            ref_kp = estimate_reference_keypoints(cfg.reference, height, width, cfg.fit, window)
         except InputError as err:
             log.warning("%s: generating without the person hint (reference_keypoints=none says so quietly)", err)
     elif cfg.reference_keypoints == "none":

@@ -88,6 +88,39 @@ def import_mediapipe():
     return mediapipe
 
 
+def pose_in_person_box(
+    estimator, image: np.ndarray, mask: np.ndarray, grow: float = 2.0, size: int = 256
+) -> np.ndarray | None:
+    """Top-down pose: ``estimator`` on a square window around the person mask's bounding box, upscaled.
+
+    The window is centred on the box, its side ``(1 + grow)`` times the box's longer side (context the
+    detector needs), resized to ``size`` pixels (outside the image: black). Keypoints come back in ``image``
+    pixels. None when ``mask`` (bool, the image's size) is empty or the estimator finds no one. Whole-image
+    BlazePose misses small full-body people: on 32 held-out 64x64 ``fgbg-synth`` references it found 11;
+    on this window (grow 2, 256 px) 28, at a median error of 1.8 px (``docs/generation.md``).
+    """
+    from PIL import Image
+
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"person mask {mask.shape} and image {image.shape[:2]} differ in size")
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = (1 + grow) * max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min())
+    x0, y0 = cx - side / 2, cy - side / 2
+    window = Image.fromarray(image).transform((size, size), Image.EXTENT, (x0, y0, x0 + side, y0 + side), Image.BICUBIC)
+    kp = estimator(np.asarray(window))
+    if kp is None:
+        return None
+    kp = kp.astype(np.float32, copy=True)
+    kp[:, :2] = kp[:, :2] * (side / size) + np.array([x0, y0], np.float32)
+    h, w = mask.shape
+    outside = (kp[:, 0] < 0) | (kp[:, 0] > w) | (kp[:, 1] < 0) | (kp[:, 1] > h)
+    kp[outside, 2] = 0.0
+    return kp
+
+
 class MediaPipePose:
     """BlazePose through ``mediapipe.solutions.pose`` in video mode (tracks the person across frames).
 
