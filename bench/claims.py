@@ -119,15 +119,17 @@ def _steps(folder: str) -> int | None:
 
     import torch
 
+    # Both sources, the larger wins: a run stopped by max_time before 2026-12-01 left last.ckpt at its last
+    # periodic checkpoint (KeepLastCheckpoint now writes the final step), while the CSV log goes on.
+    last = None
     ckpt = os.path.join(folder, "checkpoints", "last.ckpt")
     if os.path.isfile(ckpt):
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-    last = None
+        last = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
     for path in glob.glob(os.path.join(folder, "csv", "**", "metrics.csv"), recursive=True):
         with open(path) as f:
             for row in csv.DictReader(f):
                 if row.get("step"):
-                    last = max(last or 0, int(float(row["step"])))
+                    last = max(last or 0, int(float(row["step"])) + 1)  # CSV rows name the 0-based step
     return last
 
 

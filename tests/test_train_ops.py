@@ -104,3 +104,30 @@ def test_sd15_without_its_weight_folders_is_refused_before_any_work(tmp_path, sy
     assert "model.image_encoder.pretrained=???: required" in str(err.value)
     given = ["model.unet.pretrained=/sd15", "model.image_encoder.pretrained=/clip"]
     check_train_config(compose_run(tmp_path, synth_shard, ["model=fgbg_sd15", "data.resolution=512", *given]), False)
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "max_time"])
+def test_last_ckpt_holds_the_final_step_when_training_stops_between_checkpoints(tmp_path, stop):
+    """max_steps=5 with checkpoints every 2 steps, or a time limit hit mid-way: last.ckpt is the final step
+    (Lightning's save_last alone keeps step 4's state, and a resume would redo the steps after it)."""
+    import time
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class Slow(BoringModel):
+        def training_step(self, batch, batch_idx):
+            if stop == "max_time":
+                time.sleep(0.05)
+            return super().training_step(batch, batch_idx)
+
+    ckpt = KeepLastCheckpoint(dirpath=str(tmp_path), filename="step{step:06d}", every_n_train_steps=2)
+    limits = {"max_steps": 5} if stop == "max_steps" else {"max_steps": 10_000, "max_time": {"seconds": 1}}
+    trainer = L.Trainer(callbacks=[ckpt], logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, accelerator="cpu", devices=1, **limits)  # fmt: skip
+    trainer.fit(Slow())
+    final = trainer.global_step
+    assert final == 5 if stop == "max_steps" else 2 < final < 10_000  # stopped by the clock, past a checkpoint
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == final

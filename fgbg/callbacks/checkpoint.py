@@ -17,6 +17,9 @@ class KeepLastCheckpoint(ModelCheckpoint):
     Lightning's own recipe (``monitor="step", mode="max"``), so the set survives a resume (the callback's
     state, restored from the checkpoint, remembers which files it keeps). ``resume=auto`` picks among
     ``last.ckpt`` and the kept ``step*.ckpt``; SLURM's ``hpc_ckpt_*.ckpt`` are Lightning's and untouched.
+    When training ends between periodic checkpoints (``trainer.max_time``, or ``max_steps`` not a multiple
+    of ``every_n_train_steps``), ``last.ckpt`` is written at the final step, so a resume loses nothing
+    (Lightning's own ``save_last`` keeps the last periodic one then).
     Other keyword arguments go to ``ModelCheckpoint`` (``dirpath``, ``filename``, ``every_n_train_steps``).
     """
 
@@ -33,3 +36,9 @@ class KeepLastCheckpoint(ModelCheckpoint):
             )
         super().__init__(monitor="step", mode="max", save_top_k=keep_last_k, save_last=True, **kwargs)
         self.keep_last_k = keep_last_k
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # steps since the last save: keep them
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
