@@ -257,7 +257,7 @@ def main() -> None:
 
     result = {
         "benchmark": "real frames end to end (bench/real_demo.py)",
-        "demo": str(args.demo.resolve().relative_to(ROOT) if args.demo.resolve().is_relative_to(ROOT) else args.demo),
+        "demo": os.path.relpath(args.demo.resolve(), ROOT),
         "experiment": experiment,
         "videos": videos,
         "clips": {v: entries[v].get("clips") for v in entries},

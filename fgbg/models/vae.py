@@ -6,9 +6,10 @@
 The tiny model in pixel space at 32x32 skips the latent path every real run takes (SD-1.5's VAE). This
 module trains the same kind of autoencoder at toy size (downsampling 4, 8 latent channels: 64x64 frames
 become 16x16x8 latents; 4 channels, as SD has, plateaued at 24.6 dB PSNR) with SD's recipe minus the
-adversary: an L1 + MSE reconstruction loss, a small gradient (edge) term that keeps stripes and checks sharp, and a KL weight of 1e-6. The latent scaling
-factor is computed from data as SD did (1 / std of the latents over training frames) and written into the
-folder's ``config.json``, so :class:`fgbg.models.latent.VAELatent` loads it unchanged.
+adversary: an L1 + MSE reconstruction loss, a small gradient (edge) term that keeps stripes and checks
+sharp, and a KL weight of 1e-6. The latent scaling factor is computed from data as SD did (1 / std of
+the latents over training frames) and written into the folder's ``config.json``, so
+:class:`fgbg.models.latent.VAELatent` loads it unchanged.
 """
 
 from __future__ import annotations
