@@ -133,7 +133,8 @@ def _steps(folder: str) -> int | None:
     return last
 
 
-# Row -> (trained model, fgbg-evaluate overrides).
+# Row -> (trained model, fgbg-evaluate overrides). A model named ``bundle:<path>`` is a shipped model bundle
+# (a path under the repository) instead of one of MODELS: it is evaluated, never trained.
 ROWS = {
     "full": ("full", []),
     "no_tracks": ("no_tracks", []),
@@ -147,22 +148,38 @@ def eval_dir(row: str) -> str:
     return os.path.join(OUT, "eval", row)
 
 
-def evaluate() -> None:
-    """Every row on the long held-out videos, two rows at a time (one thread each)."""
+def row_checkpoint(row: str) -> str:
+    """What row ``row`` generates with: the video-stage run of its trained model, or a shipped bundle."""
+    model, _ = ROWS[row]
+    if model.startswith("bundle:"):
+        path = os.path.join(ROOT, model.split(":", 1)[1])
+        if not os.path.isfile(path):
+            sys.exit(f"[claims] eval {row}: the model bundle {path} does not exist")
+        return path
+    ckpt = run_dir(model, "video")
+    if not os.path.isfile(os.path.join(ckpt, "done.json")):
+        sys.exit(f"[claims] eval {row}: {ckpt} has not finished training; run `python bench/claims.py train`")
+    return ckpt
+
+
+def evaluate(rows: list[str] | None = None, parallel: int = 2) -> None:
+    """Every row (or ``rows``) on the long held-out videos, ``parallel`` rows at a time (one thread each)."""
     ensure_data()
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo = [r for r in ROWS if not os.path.isfile(os.path.join(eval_dir(r), "metrics.json"))]
-    for row in ROWS:
+    rows = rows or list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"[claims] --rows {' '.join(unknown)}: not a row of --config {CONFIG} (rows: {', '.join(ROWS)})")
+    todo = [r for r in rows if not os.path.isfile(os.path.join(eval_dir(r), "metrics.json"))]
+    for row in rows:
         if row not in todo:
             print(f"[claims] eval {row}: done already", flush=True)
     while todo:
-        batch, todo = todo[:2], todo[2:]
+        batch, todo = todo[:parallel], todo[parallel:]
         procs = []
         for row in batch:
-            model, extra = ROWS[row]
-            ckpt = run_dir(model, "video")
-            if not os.path.isfile(os.path.join(ckpt, "done.json")):
-                sys.exit(f"[claims] eval {row}: {ckpt} has not finished training; run `python bench/claims.py train`")
+            _, extra = ROWS[row]
+            ckpt = row_checkpoint(row)
             cmd = [bin_path("fgbg-evaluate"), f"ckpt_path={ckpt}", f"data.val_shards={HELDOUT}",
                    f"output_dir={eval_dir(row)}", "overwrite=true", "save_frames=true", "sheet_samples=2",
                    f"data.max_samples={EVAL['max_samples']}", f"steps={EVAL['steps']}", f"sampler={EVAL['sampler']}",
@@ -273,7 +290,7 @@ def report(out_md: str) -> dict:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(images, "claims_drift.png"), dpi=110)
+    fig.savefig(os.path.join(images, f"claims{SUFFIX}_drift.png"), dpi=110)
     plt.close(fig)
 
     # Contact sheet: the first held-out video, truth then every row, tracks drawn on the truth.
@@ -288,14 +305,18 @@ def report(out_md: str) -> dict:
              "label": f"truth {first}"}]  # fmt: skip
     for row in ROWS:
         frames = np.load(os.path.join(eval_dir(row), "frames", f"{first}.npy"))
+        if frames.shape[1] != res:  # a lower-resolution row (the 32x32 pixel model): nearest upscale to the sheet's
+            k = res // frames.shape[1]
+            frames = frames.repeat(k, axis=1).repeat(k, axis=2)
         rows.append({"frames": frames, "label": row})
-    save_png(contact_sheet(rows, num_columns=10), os.path.join(images, "claims_sheet.png"))
+    save_png(contact_sheet(rows, num_columns=10), os.path.join(images, f"claims{SUFFIX}_sheet.png"))
 
     lines = [
         "# Results: the claims benchmark",
         "",
-        "Written by `make claims` (`python bench/claims.py all`); every number below comes from",
-        "`runs/claims/eval/<row>/metrics.json`. Held-out data: "
+        f"Written by `make claims{SUFFIX.replace('_', '-')}` (`python bench/claims.py all"
+        f"{' --config latent' if CONFIG == 'latent' else ''}`); every number below comes from",
+        f"`{os.path.relpath(OUT, ROOT)}/eval/<row>/metrics.json`. Held-out data: "
         f"`{HELDOUT}` ({results['full']['samples']} synthetic videos of {HELDOUT_FRAMES} frames, moving cameras only, "
         "seed 3),",
         f"generated clip by clip ({results['full']['per_sample'][0]['clip_len']} frames per clip) from each video's first "
@@ -308,10 +329,12 @@ def report(out_md: str) -> dict:
     for row in ROWS:
         cells = [c[3].format(mean[row].get(c[0], float("nan"))) for c in COLUMNS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    truth_bg = mean["full"].get("colour_drift_background_last_truth", float("nan"))
-    truth_person = mean["full"].get("colour_drift_person_last_truth", float("nan"))
+    truth = {"colour_error_background_last": 0.0, "colour_error_person_last": 0.0,
+             "colour_drift_background_last": mean["full"].get("colour_drift_background_last_truth", float("nan")),
+             "colour_drift_person_last": mean["full"].get("colour_drift_person_last_truth", float("nan"))}  # fmt: skip
+    cells = [c[3].format(truth[c[0]]) if c[0] in truth else "" for c in COLUMNS]
     lines += [
-        f"| true video | | | | | | | | | 0 | 0 | {truth_bg:.2f} | {truth_person:.2f} |",
+        "| true video | " + " | ".join(cells) + " |",
         "",
         "Higher is better for PSNR and SSIM, lower for the rest. *Track err*: the generated video's background",
         "tracked (LK, from the conditioning points of frame 0) against the conditioning tracks, in pixels;",
@@ -350,12 +373,12 @@ def report(out_md: str) -> dict:
         + ", ".join(f"`{' '.join(extra)}`" for r, (m, extra) in ROWS.items() if m == "full" and extra)
         + "), so their budget is the full model's. Seed 0 for every run.",
         "",
-        "![colour error against the truth per clip](images/claims_drift.png)",
+        f"![colour error against the truth per clip](images/claims{SUFFIX}_drift.png)",
         "",
-        "Contact sheet (`docs/images/claims_sheet.png`): the first held-out video, truth (pose and tracks drawn)",
-        "then every row.",
+        f"Contact sheet (`docs/images/claims{SUFFIX}_sheet.png`): the first held-out video, truth (pose and tracks "
+        "drawn) then every row.",
         "",
-        "![claims sheet](images/claims_sheet.png)",
+        f"![claims sheet](images/claims{SUFFIX}_sheet.png)",
         "",
         "## Reproduce",
         "",
@@ -367,7 +390,7 @@ def report(out_md: str) -> dict:
     ]
     summary = {"rows": mean, "claims": verdicts, "training": training}
     for path in {os.path.join(OUT, "claims.json"), os.path.join(os.path.dirname(os.path.abspath(out_md)), "..",
-                                                                "bench", "results", "claims.json")}:  # fmt: skip
+                                                                "bench", "results", f"claims{SUFFIX}.json")}:  # fmt: skip
         if os.path.isdir(os.path.dirname(path)):
             with open(path, "w") as f:
                 json.dump(summary, f, indent=1, default=float)
@@ -385,16 +408,31 @@ def report(out_md: str) -> dict:
 
 
 CONFIG = "pixel"
+SUFFIX = ""  # file names of the latent config's report: claims_latent_sheet.png, bench/results/claims_latent.json
 LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "experiment": "synthetic_tiny_latent_{stage}",
     "out": os.path.join(ROOT, "runs", "claims_latent"),
     "heldout": "data/claims_heldout_128/test-000000.tar",
     "heldout_frames": 128,
     "models": {"no_link_aug": ["model.link_augment=null", "model.video_trainable=[]"]},
-    "rows": {"no_link_aug": ("no_link_aug", []), "noise_init": ("full", ["link_mode=noise_init"])},
+    "rows": {
+        "no_link_aug": ("no_link_aug", []),
+        "noise_init": ("full", ["link_mode=noise_init"]),
+        # Today's demo model (the pixel claims benchmark's full model at 32x32) on the same 128-frame videos.
+        "pixel_32": ("bundle:fgbg/assets/demo_model.safetensors", []),
+    },
     "claims": [
         ("link augmentation stops error accumulating", "full", "no_link_aug", "colour_error_background_last"),
         ("link augmentation stops error accumulating", "full", "no_link_aug", "seam_score"),
+        ("64x64 latent beats the 32x32 pixel model", "full", "pixel_32", "colour_error_background_last"),
+        ("64x64 latent beats the 32x32 pixel model", "full", "pixel_32", "seam_score"),
+        ("64x64 latent beats the 32x32 pixel model", "full", "pixel_32", "track_error_frame"),
+        ("64x64 latent beats the 32x32 pixel model", "full", "pixel_32", "appearance_hist"),
+    ],
+    "columns": [  # appearance and background structure (issue 16), and track error in frame widths
+        ("track_error_frame", "track err / width", -1, "{:.3f}"),
+        ("appearance_hist", "appearance err person", -1, "{:.3f}"),
+        ("gradcorr_background", "bg gradient corr", 1, "{:.3f}"),
     ],
     "budget": {
         "image": {"max_steps": 4000, "max_time": "00:01:30:00"},
@@ -405,7 +443,7 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
 
 def use_config(name: str) -> None:
     """``pixel`` (the default, ``make claims``) or ``latent`` (see the module docstring)."""
-    global CONFIG, OUT, HELDOUT, HELDOUT_FRAMES, EXPERIMENT
+    global CONFIG, OUT, HELDOUT, HELDOUT_FRAMES, EXPERIMENT, SUFFIX
     if name not in ("pixel", "latent"):
         raise ValueError(f"--config {name!r}: expected pixel or latent")
     CONFIG = name
@@ -415,6 +453,8 @@ def use_config(name: str) -> None:
         MODELS.update(LATENT["models"])
         ROWS.update(LATENT["rows"])
         CLAIMS.extend(LATENT["claims"])
+        COLUMNS.extend(LATENT["columns"])
+        SUFFIX = "_latent"
         for stage, budget in LATENT["budget"].items():
             BUDGET[stage].update(budget)
 
@@ -456,6 +496,8 @@ def main() -> int:
     ap.add_argument("--results", default=None, help="the page to write (default docs/results[_latent].md)")
     ap.add_argument("--image-steps", type=int, default=None)
     ap.add_argument("--video-steps", type=int, default=None)
+    ap.add_argument("--rows", nargs="+", default=None, help="evaluate only these rows (default: every row)")
+    ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
     args = ap.parse_args()
@@ -470,7 +512,7 @@ def main() -> int:
     if args.what in ("train", "all"):
         train(args.models)
     if args.what in ("evaluate", "all"):
-        evaluate()
+        evaluate(args.rows, args.parallel)
     if args.what in ("report", "all"):
         report(args.results)
     return 0

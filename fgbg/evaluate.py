@@ -104,12 +104,14 @@ def evaluate_sample(
     truth = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255.0
     mask = torch.from_numpy(clip.masks[:, None]).float()
     gen = _unit(pred)
-    m: dict[str, Any] = {"key": clip.key, "frames": t, "clip_len": clip_len}
+    m: dict[str, Any] = {"key": clip.key, "frames": t, "clip_len": clip_len, "resolution": res}
     means, curves = frame_and_clip_metrics(gen, truth, mask, clip_len, lpips)
     m |= means | {"per_clip": curves}
     gen_u8 = (gen.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     tr = track_following_error(gen_u8, clip.tracks, clip.visible)
     m |= {k: v for k, v in tr.items() if not isinstance(v, list)}
+    if "track_error_px" in m:  # in frame widths, so models of different resolutions compare
+        m["track_error_frame"] = float(m["track_error_px"]) / res
     if t >= clip_len + 1 and clip_len >= 2:
         m |= seam_score(gen, clip_len)
         m |= colour_drift(gen, mask, clip_len)  # per-clip lists stay in per_sample; means use the scalars

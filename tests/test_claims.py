@@ -45,7 +45,8 @@ def test_claims_latent_config_trains_three_models_and_reports_six_rows(tmp_path)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
-    assert set(summary["rows"]) == {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init"}
+    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "pixel_32"}
+    assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     assert {v["metric"] for v in summary["claims"] if v["claim"].startswith("link augmentation")} == {
         "colour_error_background_last",
         "seam_score",
@@ -56,4 +57,6 @@ def test_claims_latent_config_trains_three_models_and_reports_six_rows(tmp_path)
     full = (out / "video" / "runs" / "full" / ".hydra" / "config.yaml").read_text()
     assert "max_t: 0.3" in full and "denoiser.unet.conv_in" in full
     text = page.read_text()
-    assert "| noise_init |" in text and "128 frames" in text
+    assert "| noise_init |" in text and "128 frames" in text and "| pixel_32 |" in text
+    assert "appearance err person" in text and "64x64 latent beats the 32x32 pixel model" in text
+    assert (page.parent / "images" / "claims_latent_sheet.png").stat().st_size > 0
