@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from fgbg.config_checks import ConfigError, check_train_config
@@ -186,6 +187,41 @@ def test_bundle_embeds_a_small_vae_and_stands_alone(vae_dir, tmp_path):
     assert load_init_weights(other, str(path)) == "bundle"
     assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in other.named_parameters()
                if n.startswith("latent."))  # fmt: skip
+
+
+def test_bundle_names_the_shipped_vae_and_checks_its_digest(tmp_path, monkeypatch):
+    """A model on fgbg/assets/tiny_vae: the bundle names the asset (no copy of its weights) and loading refuses an
+    installed asset whose weights differ from the ones the model was trained with."""
+    from diffusers import AutoencoderKL
+
+    from fgbg.utils.config import asset_path
+
+    torch.manual_seed(0)
+    cfg = latent_cfg(Path(asset_path("tiny_vae")), stage="video")
+    cfg.latent.pretrained = "${fgbg_asset:tiny_vae}"
+    cfg.latent.sample_posterior = False  # as model=fgbg_tiny_latent: the posterior's mean
+    model = instantiate(cfg).eval()
+    data = {"resolution": H, "clip_len": 3}
+    named = save_bundle(model, tmp_path / "named.safetensors", cfg, data, half=True)
+    embedded = save_bundle(model, tmp_path / "embedded.safetensors", cfg, data, half=True, embed_vae=True)
+    with safe_open(str(named), framework="pt") as f:
+        assert set(f.keys()) == bundle_names(model)  # no latent.* tensors
+    vae_bytes = 2 * sum(p.numel() for n, p in model.named_parameters() if n.startswith("latent."))
+    assert embedded.stat().st_size - named.stat().st_size >= vae_bytes
+    loaded, info = load_bundle(named)
+    assert info.latent["asset"] == "tiny_vae" and len(info.latent["sha256"]) == 64
+    assert "fgbg_asset:tiny_vae" in str(OmegaConf.to_container(info.model_config)["latent"]["pretrained"])
+    x = torch.rand(2, 3, H, H) * 2 - 1
+    assert torch.equal(loaded.latent.encode(x), model.latent.encode(x))  # the asset's float32 weights, exactly
+    # A retrained asset (one weight nudged) must not decode this bundle's latents silently.
+    vae = AutoencoderKL.from_pretrained(asset_path("tiny_vae"), local_files_only=True)
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 1e-3
+    vae.save_pretrained(tmp_path / "assets" / "tiny_vae")
+    monkeypatch.setattr("fgbg.utils.config.ASSETS_DIR", str(tmp_path / "assets"))
+    with pytest.raises(ValueError, match="retrained since"):
+        load_bundle(named)
+    assert load_bundle(embedded)[1].latent == {}  # a bundle that embeds its VAE does not depend on the asset
 
 
 def test_pixel_bundles_are_unchanged(tmp_path):

@@ -13,12 +13,16 @@ the config names their local folders.
 makes a bundle from a training run folder (its ``.hydra/config.yaml`` and
 ``checkpoints/{stage}[_ema].safetensors``; a stage-``video`` run takes its
 stage-``image`` weights from ``model.init_from``). A small VAE (the tiny latent model's, at most
-``EMBED_LATENT_MAX_PARAMS``) is the exception: it is embedded, so the demo bundle stands alone.
+``EMBED_LATENT_MAX_PARAMS``) is the exception: when its weights are the VAE shipped in ``fgbg/assets``
+(``tiny_vae``) the bundle names that asset and records its weights' SHA-256, which loading checks (a retrained
+asset cannot silently decode an old bundle's latents); any other small VAE is embedded, so the bundle stands
+alone (``--embed-vae`` embeds the shipped one too).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -48,6 +52,7 @@ class BundleInfo:
     model_config: DictConfig
     data: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    latent: dict[str, Any] = field(default_factory=dict)  # {asset, sha256} when the bundle names a shipped VAE
 
 
 EMBED_LATENT_MAX_PARAMS = 20_000_000  # a VAE this small travels inside the bundle (SD-1.5's, 84 M, does not)
@@ -70,6 +75,39 @@ def embedded_latent_names(module) -> set[str]:
         return set()
     params = {n: p for n, p in module.named_parameters() if n.startswith("latent.")}
     return set(params) if sum(p.numel() for p in params.values()) <= EMBED_LATENT_MAX_PARAMS else set()
+
+
+SHIPPED_VAES = ("tiny_vae",)  # fgbg/assets folders a bundle may name instead of embedding the VAE
+
+
+def latent_digest(module) -> str:
+    """SHA-256 of a frozen VAE's weights as float32 (names, shapes and values, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.latent.vae.state_dict().items()):
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def shipped_latent_asset(module) -> str | None:
+    """The ``fgbg/assets`` VAE (a name of ``SHIPPED_VAES``) whose weights ``module``'s frozen VAE holds, or None."""
+    from fgbg.models.latent import VAELatent, load_autoencoder
+    from fgbg.utils.config import asset_path
+
+    if not isinstance(getattr(module, "latent", None), VAELatent):
+        return None
+    own = latent_digest(module)
+    for name in SHIPPED_VAES:
+        folder = asset_path(name)
+        if not os.path.isdir(folder):
+            continue
+        probe = torch.nn.Module()
+        probe.latent = torch.nn.Module()
+        probe.latent.vae = load_autoencoder(folder, f"fgbg/assets/{name}")
+        if latent_digest(probe) == own:
+            return name
+    return None
 
 
 def bundle_keys(module, f) -> set[str]:
@@ -95,16 +133,30 @@ def save_bundle(
     data_cfg: DictConfig | dict,
     half: bool = False,
     extra: dict[str, Any] | None = None,
+    embed_vae: bool = False,
 ) -> Path:
-    """Write ``module``'s bundle weights plus configs to ``path`` (atomically)."""
+    """Write ``module``'s bundle weights plus configs to ``path`` (atomically).
+
+    A small frozen VAE is embedded unless its weights are a shipped asset's (``shipped_latent_asset``; the
+    bundle then names the asset and its digest); ``embed_vae`` embeds it regardless.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     latent_names = embedded_latent_names(module)
+    asset = shipped_latent_asset(module) if latent_names and not embed_vae else None
+    if asset:
+        latent_names = set()
     names = bundle_names(module) | latent_names
     dtype = torch.float16 if half else torch.float32
     tensors = {n: p.detach().to("cpu", dtype).contiguous() for n, p in module.named_parameters() if n in names}
     inference_cfg = _model_config_for_inference(model_cfg)
-    if latent_names:  # built from the embedded config, weights from the bundle: no folder needed to load it
+    latent_meta: dict[str, Any] = {}
+    if asset:  # the installed asset, checked against this digest when the bundle loads
+        inference_cfg.latent.pretrained = "${fgbg_asset:" + asset + "}"
+        inference_cfg.latent.subfolder = None
+        inference_cfg.latent.pop("config", None)
+        latent_meta = {"asset": asset, "sha256": latent_digest(module)}
+    elif latent_names:  # built from the embedded config, weights from the bundle: no folder needed to load it
         vae_config = {k: v for k, v in dict(module.latent.vae.config).items() if not k.startswith("_")}
         inference_cfg.latent.pretrained = None
         inference_cfg.latent.config = OmegaConf.create(json.loads(json.dumps(vae_config)))
@@ -116,6 +168,8 @@ def save_bundle(
         "data": json.dumps(data),
         "extra": json.dumps(extra or {}),
     }
+    if latent_meta:
+        meta["latent"] = json.dumps(latent_meta)
     tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -138,13 +192,21 @@ def read_bundle_info(path: str | os.PathLike) -> BundleInfo:
             f"{path} is not an fgbg model bundle (metadata format={meta.get('format')!r}, expected {FORMAT!r});"
             " make one with `python -m fgbg.models.bundle RUN_DIR OUT.safetensors`"
         )
-    return BundleInfo(path, OmegaConf.create(meta["model_config"]), json.loads(meta["data"]), json.loads(meta["extra"]))
+    return BundleInfo(path, OmegaConf.create(meta["model_config"]), json.loads(meta["data"]), json.loads(meta["extra"]),
+                      json.loads(meta.get("latent", "{}")))  # fmt: skip
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleInfo]:
     """Build the bundle's model from its config and load its weights strictly; eval mode."""
     info = read_bundle_info(path)
     module = hydra.utils.instantiate(info.model_config)
+    if info.latent.get("sha256") and latent_digest(module) != info.latent["sha256"]:
+        raise ValueError(
+            f"{info.path} was made with the VAE fgbg/assets/{info.latent.get('asset')} whose weights hash "
+            f"{info.latent['sha256'][:16]}..., but the installed one hashes {latent_digest(module)[:16]}... (the asset "
+            "was retrained since); use the fgbg version the bundle was made with, or re-bundle it from its run "
+            "with --embed-vae"
+        )
     with safe_open(info.path, framework="pt") as f:
         copy_exact(module, f, bundle_keys(module, f), f"{info.path}: weights do not match the model its config builds")
     return module.to(device).eval(), info
@@ -171,10 +233,12 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True) -> tuple[torch.nn.Mod
     return module.eval(), cfg
 
 
-def bundle_from_run(run_dir, out, ema: bool = True, half: bool = False, extra: dict | None = None) -> Path:
+def bundle_from_run(
+    run_dir, out, ema: bool = True, half: bool = False, extra: dict | None = None, embed_vae: bool = False
+) -> Path:
     module, cfg = load_run(run_dir, ema)
     info = {"run": str(run_dir), "stage": cfg.model.stage, "ema": ema} | dict(extra or {})
-    return save_bundle(module, out, cfg.model, cfg.data, half=half, extra=info)
+    return save_bundle(module, out, cfg.model, cfg.data, half=half, extra=info, embed_vae=embed_vae)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,8 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", help="bundle to write (.safetensors)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--half", action="store_true", help="store float16 (half the size; loaded back as float32)")
+    p.add_argument("--embed-vae", action="store_true",
+                   help="embed a small VAE even when it is the one shipped in fgbg/assets (a self-contained file)")  # fmt: skip
     args = p.parse_args(argv)
-    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half)
+    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half, embed_vae=args.embed_vae)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
