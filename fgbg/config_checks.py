@@ -106,6 +106,11 @@ def _model_problems(model: DictConfig, clip_len: Any) -> list[str]:
     kp_drop = _get(model, "reference_keypoints_dropout", 0.0)
     if not (_number(kp_drop) and 0 <= kp_drop <= 1):
         problems.append(f"model.reference_keypoints_dropout={kp_drop!r}: expected a rate in [0, 1]")
+    kp_jitter = _get(model, "reference_keypoints_jitter", 0.0)
+    if not (_number(kp_jitter) and 0 <= kp_jitter < 1):
+        problems.append(
+            f"model.reference_keypoints_jitter={kp_jitter!r}: expected a standard deviation in frame sides, in [0, 1)"
+        )
     return problems
 
 
@@ -115,7 +120,7 @@ def check_train_config(cfg: DictConfig, check_paths: bool = True) -> None:
     Checks: no required value (``???``) left unset; ``data.resolution`` divisible by :func:`spatial_factor`; ``1 <= data.clip_len`` and, in stage
     video, ``<= model.motion_adapter.config.motion_max_seq_length``; ``1 <= data.min_tracks <=
     data.max_tracks``; ``model.cfg_dropout.*``, ``model.link_prob`` and ``model.reference_keypoints_dropout``
-    in [0, 1]; ``model.link_augment`` null or {prob in [0, 1], max_t in (0, 1]}; ``model.video_trainable`` a
+    in [0, 1]; ``model.reference_keypoints_jitter`` in [0, 1); ``model.link_augment`` null or {prob in [0, 1], max_t in (0, 1]}; ``model.video_trainable`` a
     list of strings; no epsilon prediction with ``rescale_betas_zero_snr`` (see ``fgbg.models.module.min_snr_weights``); ``extras`` keys among
     :data:`TRAIN_EXTRAS`, each true or false; with ``check_paths``,
     ``data.train_shards`` / ``data.val_shards`` expand to existing files. For ``model=tiny_vae`` (an

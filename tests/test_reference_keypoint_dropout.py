@@ -19,7 +19,7 @@ from fgbg.app.examples import driving_example
 from fgbg.config_checks import ConfigError, check_train_config
 from fgbg.data.conditioning import collate_conditions
 from fgbg.generate import prepare_jobs
-from fgbg.models.person_hint import person_hint
+from fgbg.models.person_hint import jitter_reference_keypoints, person_hint
 from fgbg.utils.config import CONF_DIR
 from tests.test_model import H, W, build
 
@@ -86,9 +86,11 @@ def model():
     return build(stage="video", cfg_dropout={}, link_prob=0.0)
 
 
-def training_hint(model, rate: float, job, seed: int = 0) -> torch.Tensor:
-    """Person-hint channels a training step with ``reference_keypoints_dropout=rate`` feeds: (B, T, c + 1, h, w)."""
+def training_hint(model, rate: float, job, seed: int = 0, jitter: float = 0.0) -> torch.Tensor:
+    """Person-hint channels a training step with ``reference_keypoints_dropout=rate`` (and ``_jitter``) feeds:
+    (B, T, c + 1, h, w)."""
     model.reference_keypoints_dropout = rate
+    model.reference_keypoints_jitter = jitter
     batch = training_batch(job)
     with torch.no_grad():
         return hint_inputs(model, lambda: model.compute_loss(batch, torch.Generator().manual_seed(seed)))
@@ -126,6 +128,38 @@ def test_rate_half_drops_about_half_the_batch_reproducibly(model, job):
     assert torch.equal(hint[~drop], full[~drop])  # the kept samples keep their hint exactly
     assert torch.equal(dropped(training_hint(model, 0.5, job, seed=0)), drop)  # seeded by the module's generator
     assert not torch.equal(dropped(training_hint(model, 0.5, job, seed=1)), drop)
+
+
+def test_jitter_moves_present_joints_by_the_configured_std_and_leaves_absent_ones_at_zero():
+    kp = torch.rand(4000, 18, 3) * 32
+    kp[:, ::3] = 0  # absent joints: what dropout and a failed estimate give
+    out = jitter_reference_keypoints(kp, 1.5, torch.Generator().manual_seed(0))
+    shift = (out - kp)[kp[..., 2] > 0]
+    assert torch.equal(out[:, ::3], kp[:, ::3]) and torch.equal(out[..., 2], kp[..., 2])
+    assert abs(float(shift[:, :2].std()) - 1.5) < 0.02 and abs(float(shift[:, :2].mean())) < 0.02
+    again = jitter_reference_keypoints(kp, 1.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_training_jitter_changes_the_hint_reproducibly_and_keeps_dropped_samples_empty(model, job):
+    exact = training_hint(model, 0.0, job)
+    moved = training_hint(model, 0.0, job, jitter=0.1)
+    changed = (moved != exact).flatten(1).any(1)
+    assert changed.float().mean() > 0.5  # most samples' hints moved (at 16x16 one may sample outside the mask)
+    assert torch.equal(moved, training_hint(model, 0.0, job, jitter=0.1))  # drawn from the training generator
+    both = training_hint(model, 1.0, job, jitter=0.1)
+    assert dropped(both).all()  # dropped keypoints stay absent: jitter moves nothing that is not there
+    assert torch.equal(training_hint(model, 0.0, job, jitter=0.0), exact)  # 0: no draw, the same stream
+
+
+def test_jitter_key_composes_and_bad_values_are_refused_clearly():
+    assert _train_cfg().model.reference_keypoints_jitter == 0.0
+    check_train_config(_train_cfg("model.reference_keypoints_jitter=0.035"), check_paths=False)
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(ConfigError, match=rf"model\.reference_keypoints_jitter={re.escape(bad)}: expected"):
+            check_train_config(_train_cfg(f"model.reference_keypoints_jitter={bad}"), check_paths=False)
+    with pytest.raises(InstantiationException, match=r"model.reference_keypoints_jitter=2: expected"):
+        build(reference_keypoints_jitter=2)
 
 
 def _train_cfg(*overrides: str):

@@ -48,7 +48,7 @@ from torchmetrics import MeanMetric
 
 from fgbg.models.attention import ReferenceBank, check_backend, set_processors
 from fgbg.models.motion_hint import FITS, dilate, motion_hint
-from fgbg.models.person_hint import drop_reference_keypoints, person_hint
+from fgbg.models.person_hint import drop_reference_keypoints, jitter_reference_keypoints, person_hint
 from fgbg.models.track_encoder import TrackEncoder, gate_residuals
 from fgbg.models.unets import Denoiser, ReferenceNet, down_residual_specs
 from fgbg.utils.config import plain_dict
@@ -205,6 +205,7 @@ class FgbgModule(L.LightningModule):
         person_hint: bool = False,
         person_hint_radius: float = 0.6,
         reference_keypoints_dropout: float = 0.0,
+        reference_keypoints_jitter: float = 0.0,
         use_tracks: bool = True,
         init_from: str | None = None,
         per_sample_seed: int | None = None,
@@ -235,6 +236,14 @@ class FgbgModule(L.LightningModule):
         # Training drops the reference keypoints alone at this rate (person hint zero, pose and reference kept), as
         # generation has it when mediapipe finds no person in the reference (fgbg.models.person_hint).
         self.reference_keypoints_dropout = float(reference_keypoints_dropout)
+        if not (isinstance(reference_keypoints_jitter, int | float) and 0 <= reference_keypoints_jitter < 1):
+            raise ValueError(
+                f"model.reference_keypoints_jitter={reference_keypoints_jitter!r}: expected a standard deviation in "
+                "frame sides, in [0, 1)"
+            )
+        # Training moves each reference keypoint by Gaussian noise of this std (x and y, in the frame's longer side),
+        # as an estimator at generation misplaces them (fgbg.models.person_hint.jitter_reference_keypoints).
+        self.reference_keypoints_jitter = float(reference_keypoints_jitter)
         self.hint_mask_dilation = hint_mask_dilation
         self.link_prob = link_prob
         # Set: training noises the link latent to a random level and the denoiser sees that level as one more
@@ -662,6 +671,9 @@ class FgbgModule(L.LightningModule):
         if dropout and self.use_person_hint and self.reference_keypoints_dropout > 0:  # no draw at 0: same stream
             drop = self._rand(b, generator, dev) < self.reference_keypoints_dropout
             cond["reference_keypoints"] = drop_reference_keypoints(cond["reference_keypoints"], drop)
+        if dropout and self.use_person_hint and self.reference_keypoints_jitter > 0:  # no draw at 0: same stream
+            sigma = self.reference_keypoints_jitter * max(frames.shape[-2:])
+            cond["reference_keypoints"] = jitter_reference_keypoints(cond["reference_keypoints"], sigma, generator)
         with torch.no_grad():
             z0 = self.latent.encode(frames.flatten(0, 1).to(self.dtype), generator).unflatten(0, (b, f))
         # Stage video trains only the motion modules: the conditioning parts run without a graph.

@@ -139,6 +139,23 @@ def person_hint(
     return torch.cat([colour, valid], 2)
 
 
+def jitter_reference_keypoints(
+    reference_keypoints: torch.Tensor, sigma_px: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Reference keypoints (B, K, 3) with Gaussian noise of std ``sigma_px`` (pixels) added to x and y of each
+    present joint (confidence > 0); absent joints stay exactly zero, confidences are unchanged.
+
+    Training with it shows the person-hint model reference keypoints as an estimator gives them at
+    generation (``fgbg.generate.estimate_reference_keypoints``), off by a pixel or two, instead of the
+    shard's exact ones (``model.reference_keypoints_jitter``).
+    """
+    gen_dev = generator.device if generator else reference_keypoints.device
+    noise = torch.randn((*reference_keypoints.shape[:-1], 2), generator=generator, device=gen_dev)
+    present = (reference_keypoints[..., 2:] > 0).to(reference_keypoints.dtype)
+    xy = reference_keypoints[..., :2] + noise.to(reference_keypoints) * sigma_px * present
+    return torch.cat([xy, reference_keypoints[..., 2:]], -1)
+
+
 def drop_reference_keypoints(reference_keypoints: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     """Reference keypoints (B, K, 3) with those of the samples where ``drop`` (B,) is True made absent.
 
