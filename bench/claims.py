@@ -17,9 +17,11 @@ finishes; reruns skip finished stages. Everything lands in ``runs/claims/``.
 
 ``--config latent`` runs the same benchmark on the tiny latent model (``model=fgbg_tiny_latent``, 64x64
 frames through the tiny VAE, link augmentation on) on 128-frame held-out videos (16 clips), into
-``runs/claims_latent/`` and ``docs/results_latent.md``, with two more rows: ``no_link_aug`` (a third model
-trained with ``model.link_augment=null`` and nothing but motion modules in stage video) and ``noise_init``
-(the full model linking clips through the next clip's starting noise, ``link_mode=noise_init``).
+``runs/claims_latent/`` and ``docs/results_latent.md``, with four more rows: ``no_link_aug`` (a third model
+trained with ``model.link_augment=null`` and nothing but motion modules in stage video), ``noise_init``
+(the full model linking clips through the next clip's starting noise, ``link_mode=noise_init``),
+``link_noise`` (the full model with its link latent noised at generation, ``link_noise=0.1``, as training
+showed it) and ``pixel_32`` (the shipped 32x32 pixel demo model, today's baseline, on the same videos).
 """
 
 from __future__ import annotations
@@ -418,6 +420,8 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "rows": {
         "no_link_aug": ("no_link_aug", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
+        # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
+        "link_noise": ("full", ["link_noise=0.1"]),
         # Today's demo model (the pixel claims benchmark's full model at 32x32) on the same 128-frame videos.
         "pixel_32": ("bundle:fgbg/assets/demo_model.safetensors", []),
     },

@@ -45,7 +45,7 @@ def test_claims_latent_config_trains_three_models_and_reports_six_rows(tmp_path)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
-    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "pixel_32"}
+    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "link_noise", "pixel_32"}
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     assert {v["metric"] for v in summary["claims"] if v["claim"].startswith("link augmentation")} == {
         "colour_error_background_last",
