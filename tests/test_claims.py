@@ -35,8 +35,8 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_three_models_and_reports_six_rows(tmp_path):
-    """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation ablation and noise-init rows."""
+def test_claims_latent_config_trains_three_models_and_reports_eight_rows(tmp_path):
+    """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation ablation, link variants and the pixel baseline."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
