@@ -314,7 +314,7 @@ def report(out_md: str) -> dict:
     save_png(contact_sheet(rows, num_columns=10), os.path.join(images, f"claims{SUFFIX}_sheet.png"))
 
     lines = [
-        "# Results: the claims benchmark",
+        "# Results: the claims benchmark" + (" on the tiny latent model at 64x64" if CONFIG == "latent" else ""),
         "",
         f"Written by `make claims{SUFFIX.replace('_', '-')}` (`python bench/claims.py all"
         f"{' --config latent' if CONFIG == 'latent' else ''}`); every number below comes from",
@@ -373,7 +373,12 @@ def report(out_md: str) -> dict:
         + ", ".join(f"`{r}`" for r, (m, extra) in ROWS.items() if m == "full" and extra)
         + " are generation-time ablations of the full model ("
         + ", ".join(f"`{' '.join(extra)}`" for r, (m, extra) in ROWS.items() if m == "full" and extra)
-        + "), so their budget is the full model's. Seed 0 for every run.",
+        + "), so their budget is the full model's. Seed 0 for every run."
+        + "".join(
+            f" `{r}` is not trained here: it generates with the shipped bundle `{m.split(':', 1)[1]}`."
+            for r, (m, _) in ROWS.items()
+            if m.startswith("bundle:")
+        ),  # fmt: skip
         "",
         f"![colour error against the truth per clip](images/claims{SUFFIX}_drift.png)",
         "",
