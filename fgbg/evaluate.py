@@ -110,8 +110,7 @@ def evaluate_sample(
     gen_u8 = (gen.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     tr = track_following_error(gen_u8, clip.tracks, clip.visible)
     m |= {k: v for k, v in tr.items() if not isinstance(v, list)}
-    if "track_error_px" in m:  # in frame widths, so models of different resolutions compare
-        m["track_error_frame"] = float(m["track_error_px"]) / res
+    m["track_error_frame"] = m["track_error_px"] / res  # in frame widths, so models of different resolutions compare
     if t >= clip_len + 1 and clip_len >= 2:
         m |= seam_score(gen, clip_len)
         m |= colour_drift(gen, mask, clip_len)  # per-clip lists stay in per_sample; means use the scalars

@@ -80,33 +80,29 @@ def embedded_latent_names(module) -> set[str]:
 SHIPPED_VAES = ("tiny_vae",)  # fgbg/assets folders a bundle may name instead of embedding the VAE
 
 
-def latent_digest(module) -> str:
+def latent_digest(vae: torch.nn.Module) -> str:
     """SHA-256 of a frozen VAE's weights as float32 (names, shapes and values, in name order)."""
     h = hashlib.sha256()
-    for name, t in sorted(module.latent.vae.state_dict().items()):
+    for name, t in sorted(vae.state_dict().items()):
         t = t.detach().to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)};".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
 
 
-def shipped_latent_asset(module) -> str | None:
-    """The ``fgbg/assets`` VAE (a name of ``SHIPPED_VAES``) whose weights ``module``'s frozen VAE holds, or None."""
+def shipped_latent_asset(module) -> dict[str, str] | None:
+    """``{asset, sha256}`` of the ``fgbg/assets`` VAE (a name of ``SHIPPED_VAES``) whose weights ``module``'s
+    frozen VAE holds, or None."""
     from fgbg.models.latent import VAELatent, load_autoencoder
     from fgbg.utils.config import asset_path
 
     if not isinstance(getattr(module, "latent", None), VAELatent):
         return None
-    own = latent_digest(module)
+    own = latent_digest(module.latent.vae)
     for name in SHIPPED_VAES:
         folder = asset_path(name)
-        if not os.path.isdir(folder):
-            continue
-        probe = torch.nn.Module()
-        probe.latent = torch.nn.Module()
-        probe.latent.vae = load_autoencoder(folder, f"fgbg/assets/{name}")
-        if latent_digest(probe) == own:
-            return name
+        if os.path.isdir(folder) and latent_digest(load_autoencoder(folder, f"fgbg/assets/{name}")) == own:
+            return {"asset": name, "sha256": own}
     return None
 
 
@@ -143,19 +139,17 @@ def save_bundle(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     latent_names = embedded_latent_names(module)
-    asset = shipped_latent_asset(module) if latent_names and not embed_vae else None
-    if asset:
+    shipped = shipped_latent_asset(module) if latent_names and not embed_vae else None
+    if shipped:
         latent_names = set()
     names = bundle_names(module) | latent_names
     dtype = torch.float16 if half else torch.float32
     tensors = {n: p.detach().to("cpu", dtype).contiguous() for n, p in module.named_parameters() if n in names}
     inference_cfg = _model_config_for_inference(model_cfg)
-    latent_meta: dict[str, Any] = {}
-    if asset:  # the installed asset, checked against this digest when the bundle loads
-        inference_cfg.latent.pretrained = "${fgbg_asset:" + asset + "}"
+    if shipped:  # the installed asset, checked against its digest when the bundle loads
+        inference_cfg.latent.pretrained = "${fgbg_asset:" + shipped["asset"] + "}"
         inference_cfg.latent.subfolder = None
         inference_cfg.latent.pop("config", None)
-        latent_meta = {"asset": asset, "sha256": latent_digest(module)}
     elif latent_names:  # built from the embedded config, weights from the bundle: no folder needed to load it
         vae_config = {k: v for k, v in dict(module.latent.vae.config).items() if not k.startswith("_")}
         inference_cfg.latent.pretrained = None
@@ -168,8 +162,8 @@ def save_bundle(
         "data": json.dumps(data),
         "extra": json.dumps(extra or {}),
     }
-    if latent_meta:
-        meta["latent"] = json.dumps(latent_meta)
+    if shipped:
+        meta["latent"] = json.dumps(shipped)
     tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -200,10 +194,11 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """Build the bundle's model from its config and load its weights strictly; eval mode."""
     info = read_bundle_info(path)
     module = hydra.utils.instantiate(info.model_config)
-    if info.latent.get("sha256") and latent_digest(module) != info.latent["sha256"]:
+    installed = latent_digest(module.latent.vae) if info.latent.get("sha256") else None
+    if installed and installed != info.latent["sha256"]:
         raise ValueError(
             f"{info.path} was made with the VAE fgbg/assets/{info.latent.get('asset')} whose weights hash "
-            f"{info.latent['sha256'][:16]}..., but the installed one hashes {latent_digest(module)[:16]}... (the asset "
+            f"{info.latent['sha256'][:16]}..., but the installed one hashes {installed[:16]}... (the asset "
             "was retrained since); use the fgbg version the bundle was made with, or re-bundle it from its run "
             "with --embed-vae"
         )
