@@ -35,7 +35,7 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_three_models_and_reports_eight_rows(tmp_path):
+def test_claims_latent_config_trains_three_models_and_reports_nine_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation ablation, link variants and the pixel baseline."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
@@ -45,10 +45,15 @@ def test_claims_latent_config_trains_three_models_and_reports_eight_rows(tmp_pat
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
-    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "link_noise", "pixel_32"}
+    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "link_noise", "pixel_32",
+            "still_reference"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
+    # still_reference generates nothing: its frames are the first frame repeated, scored like the others
+    still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
+    assert still["samples"] == 2 and still["rescored"] and still["mean"]["seam_score"] == 1.0
     assert {v["metric"] for v in summary["claims"] if v["claim"].startswith("link augmentation")} == {
         "colour_error_background_last",
+        "colour_error_seen_background_last",
         "seam_score",
     }
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug"}
@@ -59,4 +64,5 @@ def test_claims_latent_config_trains_three_models_and_reports_eight_rows(tmp_pat
     text = page.read_text()
     assert "| noise_init |" in text and "128 frames" in text and "| pixel_32 |" in text
     assert "appearance err person" in text and "64x64 latent beats the 32x32 pixel model" in text
+    assert "colour err bg seen by ref" in text and "| still_reference |" in text
     assert (page.parent / "images" / "claims_latent_sheet.png").stat().st_size > 0

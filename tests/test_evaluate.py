@@ -90,3 +90,37 @@ def test_fid_and_fvd_from_local_weights(setup, tmp_path, inception_file, i3d_fil
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         evaluate(cfg)
     assert not (tmp_path / "missing" / "metrics.json").exists()
+
+
+def test_rescore_scores_saved_frames_again_without_generating(setup, tmp_path):
+    from fgbg.evaluate import rescore
+
+    d, shards = setup
+    out = tmp_path / "eval"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt_path={d / 'model.safetensors'}", f"data.val_shards={shards[0]}",
+                                             "steps=2", "clip_len=4", f"output_dir={out}", "save_frames=true"])  # fmt: skip
+        first = evaluate(cfg)
+        # what an older evaluation wrote: without today's per-clip track error and seen-background colour error
+        old = json.loads((out / "metrics.json").read_text())
+        for m in old["per_sample"]:
+            for key in ("track_error_clip_px", "colour_error_seen_background_last"):
+                m.pop(key)
+        (out / "metrics.json").write_text(json.dumps(old))
+        # no ckpt_path: nothing is generated
+        again = rescore(compose("evaluate", overrides=[f"data.val_shards={shards[0]}", f"output_dir={out}",
+                                                       "rescore=true"]))  # fmt: skip
+    assert again["rescored"]["from"].startswith("frames")
+    assert [m["key"] for m in again["per_sample"]] == [m["key"] for m in first["per_sample"]]
+    for key in ("psnr", "psnr_background", "seam_score", "track_error_px", "colour_error_background_last"):
+        assert again["mean"][key] == pytest.approx(first["mean"][key], rel=0.02, abs=0.05), key  # uint8 frames
+    for key in ("track_error_clip_px", "colour_error_seen_background_last", "track_trusted_fraction"):
+        assert key in again["per_sample"][0], key
+    assert json.loads((out / "metrics.json").read_text())["rescored"]
+    # frames missing: named, and metrics.json untouched
+    next((out / "frames").iterdir()).unlink()
+    before = (out / "metrics.json").read_text()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with pytest.raises(FileNotFoundError, match="save_frames=true"):
+            rescore(compose("evaluate", overrides=[f"data.val_shards={shards[0]}", f"output_dir={out}"]))
+    assert (out / "metrics.json").read_text() == before

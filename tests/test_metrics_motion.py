@@ -185,3 +185,115 @@ def test_colour_error_ignores_true_colour_change_and_catches_drift_from_the_trut
     assert all(b > a for a, b in zip(err, err[1:], strict=False)) and err[-1] > 10
     with pytest.raises(ValueError, match="truth: expected"):
         colour_error(ramp, ramp[:8], mask, clip_length)
+
+
+def _zooming_pan(num_frames: int, size: int = 48, seed: int = 0):
+    """A camera panning 1.5 px/frame right and zooming out slightly over a smooth texture, with its exact tracks.
+
+    Returns frames (T, 3, size, size) in [0, 1], person masks (T, 1, size, size), tracks (T, N, 2), visible (T, N).
+    """
+    world = _texture(4 * size, 4 * size, seed, blur=3.0).astype(np.float32) / 255
+    cameras = []
+    for t in range(num_frames):
+        s, tx = 1.0 + 0.004 * t, size * 1.5 + 1.5 * t  # frame pixel q shows world point s * q + (tx, size * 1.5)
+        cameras.append(np.array([[s, 0, tx], [0, s, size * 1.5]], np.float32))
+    frames = np.stack([cv2.warpAffine(world, c, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+                       for c in cameras])  # fmt: skip
+    # background points on a 5 px world grid over everything the camera shows, visible while inside the frame
+    xs = np.arange(size * 1.5 + 2.5, size * 1.5 + 1.5 * num_frames + 1.2 * size, 5)
+    ys = np.arange(size * 1.5 + 2.5, size * 1.5 + 1.2 * size, 5)
+    world_pts = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    tracks = np.stack([(world_pts - c[:, 2]) / c[0, 0] for c in cameras]).astype(np.float32)
+    visible = ((tracks >= 1) & (tracks <= size - 1)).all(-1)
+    masks = torch.zeros(num_frames, 1, size, size)
+    masks[:, :, 20:40, 6:14] = 1  # a person standing on the left of the frame
+    return torch.from_numpy(frames).permute(0, 3, 1, 2), masks, tracks, visible
+
+
+def test_camera_from_tracks_recovers_a_pan_and_zoom_and_seen_background_shrinks_with_it():
+    from fgbg.eval.longvideo import camera_from_tracks, seen_background
+    from fgbg.models.motion_hint import warp_affine
+
+    frames, masks, tracks, visible = _zooming_pan(40)
+    camera = camera_from_tracks(tracks, visible)
+    assert camera.shape == (40, 2, 3)
+    # frame 0 -> t: q_t = (q_0 * s_0 + t_0 - t_t) / s_t
+    for t in (5, 20, 39):
+        s = 1 + 0.004 * t
+        expected = np.array([[1 / s, 0, -1.5 * t / s], [0, 1 / s, 0]])
+        np.testing.assert_allclose(camera[t].numpy(), expected, atol=0.02)
+    assert not visible[39][visible[0]].any()  # frame 39 shows none of frame 0's points: chained through the pan
+    # nothing links two frames: the camera is unknown (NaN) until frame 0's points come back
+    gap = visible.copy()
+    gap[10] = False
+    unknown = camera_from_tracks(tracks, gap)
+    assert torch.isnan(unknown[10]).all() and torch.isfinite(unknown[9]).all()
+    np.testing.assert_allclose(unknown[11:].numpy(), camera[11:].numpy(), atol=1e-6)  # frame 11 sees frame 0's points
+
+    seen = seen_background(masks[0, 0], masks, camera)
+    share = seen.mean(dim=(1, 2, 3))
+    assert share[0] > 0.7 and all(b <= a + 1e-6 for a, b in zip(share, share[1:], strict=False))
+    assert float(seen[:, :, 20:40, 6:14].sum()) == 0  # never on the person
+    # the warped first frame is the truth where it counts (bilinear resampling aside)
+    warped = warp_affine(frames[:1].expand(40, -1, -1, -1), camera.float(), (48, 48))
+    err = ((warped - frames).abs() * seen).sum() / (seen.sum() * 3)
+    assert float(err) < 0.01
+
+
+def test_seen_colour_error_is_zero_for_the_truth_and_catches_drift_but_not_new_content():
+    from fgbg.eval.longvideo import colour_error, seen_colour_error
+
+    frames, masks, tracks, visible = _zooming_pan(32)
+    same = seen_colour_error(frames, frames, masks, tracks, visible, clip_length=8)
+    assert same["colour_error_seen_background"] == pytest.approx([0.0] * 4, abs=1e-4)
+    assert same["seen_background_fraction"][0] > 0.5 > same["seen_background_fraction_last"] > 0.02
+    # a model that paints the background never seen in frame 0 wrong, and the rest right
+    from fgbg.eval.longvideo import camera_from_tracks, seen_background
+
+    seen = seen_background(masks[0, 0], masks, camera_from_tracks(tracks, visible))
+    unseen_wrong = torch.where((seen == 0) & (masks == 0), torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1), frames)
+    assert seen_colour_error(unseen_wrong, frames, masks, tracks, visible, 8)["colour_error_seen_background_last"] < 1
+    assert colour_error(unseen_wrong, frames, masks, 8)["colour_error_background_last"] > 5
+    # a model whose colours wander: red creeps in clip by clip
+    drifting = frames.clone()
+    drifting[:, 0] = (drifting[:, 0] + torch.linspace(0, 0.25, 32)[:, None, None]).clamp(0, 1)
+    err = seen_colour_error(drifting, frames, masks, tracks, visible, 8)["colour_error_seen_background"]
+    assert all(b > a for a, b in zip(err, err[1:], strict=False)) and err[-1] > 8
+    # frame 0's points hidden from frame 16 on and nothing linking frame 16 to 15: the camera is unknown, NaN
+    lost = visible & ~visible[0][None]
+    lost[:16] = visible[:16]
+    lost[16] = False
+    far = seen_colour_error(frames, frames, masks, tracks, lost, 8)
+    assert far["colour_error_seen_background"][1] == pytest.approx(0.0, abs=1e-4)
+    assert math.isnan(far["colour_error_seen_background_last"]) and far["seen_background_fraction_last"] == 0
+    with pytest.raises(ValueError, match="tracks: expected 32 frames"):
+        seen_colour_error(frames, frames, masks, tracks[:10], visible[:10], 8)
+
+
+def test_track_error_per_clip_reseeds_each_clip_and_the_truth_gate_drops_what_lk_cannot_follow():
+    from fgbg.eval.motion import track_following_error_per_clip
+
+    t_len, n = 13, None
+    big = _texture(H, W + SHIFT * t_len)
+    video = np.stack([big[:, SHIFT * t : SHIFT * t + W] for t in range(t_len)])
+    queries = _query_grid()
+    n = len(queries)
+    true = queries[None] - np.array([SHIFT, 0], np.float32) * np.arange(t_len)[:, None, None]
+    visible = np.ones((t_len, n), bool)
+    right = track_following_error_per_clip(video, true, visible, clip_length=4, truth=video)
+    assert right["track_error_clip_px"] < 0.1 and right["track_lost_fraction_clip"] == 0
+    assert right["track_error_clip_px_truth"] < 0.1
+    assert right["track_trusted_fraction"] > 0.95 and len(right["track_error_clip_per_clip"]) == 3
+    # a video that stands still: each window errs by SHIFT * (1..4) px from its own start, not by the whole pan
+    still = np.repeat(video[:1], t_len, axis=0)
+    wrong = track_following_error_per_clip(still, true, visible, clip_length=4, truth=video)
+    assert wrong["track_error_clip_px"] == pytest.approx(SHIFT * 2.5, abs=0.2)
+    # a background that LK cannot follow in the truth either (flat grey) is gated out, not scored
+    flat = video.copy()
+    flat[:, :, : W // 2] = 128
+    gated = track_following_error_per_clip(flat, true, visible, clip_length=4, truth=flat)
+    assert 0.2 < gated["track_trusted_fraction"] < 0.8 and gated["track_error_clip_px"] < 0.5  # under trust_px
+    ungated = track_following_error_per_clip(flat, true, visible, clip_length=4)
+    assert math.isnan(ungated["track_trusted_fraction"]) and ungated["track_lost_fraction_clip"] > 0.2
+    with pytest.raises(ValueError, match="truth: expected"):
+        track_following_error_per_clip(video, true, visible, 4, truth=video[:5])

@@ -12,9 +12,17 @@ from fgbg.eval.features import (
     frechet_distance_from_features,
     load_video_features,
 )
-from fgbg.eval.longvideo import colour_drift, colour_error, rgb_to_lab, seam_score
+from fgbg.eval.longvideo import (
+    camera_from_tracks,
+    colour_drift,
+    colour_error,
+    rgb_to_lab,
+    seam_score,
+    seen_background,
+    seen_colour_error,
+)
 from fgbg.eval.metrics import LPIPS, frame_metrics, per_frame_metrics
-from fgbg.eval.motion import track_following_error, track_queries
+from fgbg.eval.motion import track_following_error, track_following_error_per_clip, track_queries
 
 __all__ = [
     "LPIPS",
@@ -22,6 +30,7 @@ __all__ = [
     "InceptionFeatures",
     "TorchvisionVideoFeatures",
     "appearance_metrics",
+    "camera_from_tracks",
     "clip_index",
     "colour_drift",
     "colour_error",
@@ -34,6 +43,9 @@ __all__ = [
     "per_frame_metrics",
     "rgb_to_lab",
     "seam_score",
+    "seen_background",
+    "seen_colour_error",
     "track_following_error",
+    "track_following_error_per_clip",
     "track_queries",
 ]

@@ -151,3 +151,102 @@ def colour_error(video: Tensor, truth: Tensor, mask: Tensor, clip_length: int) -
         result[f"colour_error_{region}"] = err
         result[f"colour_error_{region}_last"] = err[-1]
     return result
+
+
+def camera_from_tracks(tracks, visible, min_direct: int = 8) -> Tensor:
+    """The camera's affine from frame 0 to every frame, recovered from background tracks.
+
+    tracks (T, N, 2) pixel x/y (``fgbg.data.schema``), visible (T, N) bool. Frame t's affine is fitted
+    robustly (``fgbg.models.motion_hint.fit_affine_robust``, tracks that move on their own get no weight)
+    to the points visible in frame 0 and frame t when there are at least ``min_direct`` of them and they
+    spread at least half as wide, in x and in y, as all of frame t's visible points (a thin band of them
+    at the frame's edge would leave the scale unknown); otherwise it is chained from frame t-1's through
+    the frame-to-frame fit on the points visible in both (a pan that leaves frame 0's points behind).
+    Returns (T, 2, 3) float64; frame 0 is the identity; NaN where neither way has 3 points.
+    """
+    from fgbg.models.motion_hint import fit_motion
+
+    tracks = torch.as_tensor(tracks, dtype=torch.float32)
+    visible = torch.as_tensor(visible, dtype=torch.bool)
+    if tracks.ndim != 3 or tracks.shape[-1] != 2 or visible.shape != tracks.shape[:2]:
+        raise ValueError(f"tracks (T, N, 2) and visible (T, N) expected, got {tuple(tracks.shape)}, "
+                         f"{tuple(visible.shape)}")  # fmt: skip
+    t_len = tracks.shape[0]
+    shared0 = visible & visible[:1]
+    direct = fit_motion(tracks[:1], tracks[None], shared0[None].float())[0].double()  # (T, 2, 3)
+    step = fit_motion(tracks[:-1], tracks[1:, None], (visible[:-1] & visible[1:])[:, None].float())[:, 0].double()
+    bottom = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    camera = torch.zeros(t_len, 2, 3, dtype=torch.float64)
+    camera[0, 0, 0] = camera[0, 1, 1] = 1.0
+    for t in range(1, t_len):
+        spread = _spread(tracks[t], shared0[t], min_direct)
+        if spread > 0 and spread >= 0.5 * _spread(tracks[t], visible[t], min_direct):
+            camera[t] = direct[t]
+        elif int((visible[t - 1] & visible[t]).sum()) >= 3:
+            camera[t] = step[t - 1] @ torch.cat([camera[t - 1], bottom])
+        else:  # nothing links frame t to frame t-1: the camera is unknown from here until frame 0's points return
+            camera[t] = math.nan
+    return camera
+
+
+def _spread(points: Tensor, keep: Tensor, min_count: int) -> float:
+    """The smaller of the x and y standard deviations of the kept points; 0 with fewer than ``min_count``."""
+    if int(keep.sum()) < min_count:
+        return 0.0
+    return float(points[keep].std(0).min())
+
+
+def seen_background(reference_mask: Tensor, masks: Tensor, camera: Tensor, dilation: int = 1) -> Tensor:
+    """Where frame t shows background that the reference (frame 0) also shows.
+
+    reference_mask (1, H, W) or (H, W) and masks (T, 1, H, W): person masks in {0, 1}; camera (T, 2, 3)
+    from ``camera_from_tracks`` (a frame whose camera is unknown shows none). A pixel of frame t counts when the camera maps it back inside frame 0
+    and off the reference's person (dilated by ``dilation`` px), and it is off frame t's person (dilated
+    likewise). Returns (T, 1, H, W) float in {0, 1}.
+    """
+    from fgbg.models.motion_hint import dilate, warp_affine
+
+    masks = as_frames(masks, "masks", channels=1).float()
+    t_len, _, height, width = masks.shape
+    ref = reference_mask.float().reshape(1, 1, height, width)
+    source = (1.0 - dilate(ref, dilation)).expand(t_len, 1, height, width)
+    known = torch.isfinite(camera).all(dim=(1, 2))
+    warped = warp_affine(source, torch.where(known[:, None, None], camera, 0.0).float(), (height, width))
+    return ((warped > 0.999) & (dilate(masks, dilation) < 0.5) & known[:, None, None, None]).float()
+
+
+def seen_colour_error(
+    video: Tensor, truth: Tensor, mask: Tensor, tracks, visible, clip_length: int
+) -> dict[str, float | list[float]]:
+    """``colour_error`` of the background the reference shows: colour drift, not new content.
+
+    With a moving camera most of a long video's background was never in the reference frame, so no
+    model can know its colour and ``colour_error_background`` measures new content as much as drift
+    (a video that repeats the reference frame scores about as high as the true video's own drift,
+    ``docs/evaluation.md``). Here the region is ``seen_background`` (the true camera recovered from the
+    true tracks; the true person masks), so the truth scores 0 and a video whose colours wander scores
+    its wandering. video, truth (T, 3, H, W) in [0, 1]; mask (T, 1, H, W) the true person masks;
+    tracks (T, N, 2), visible (T, N) the true background tracks at the video's size.
+
+    Returns ``colour_error_seen_background`` (one value per clip, NaN where a clip shows none of it),
+    ``colour_error_seen_background_last``, ``seen_background_fraction`` (share of pixels per clip) and
+    ``seen_background_fraction_last``.
+    """
+    video, truth = _check_video(video), _check_video(truth, "truth")
+    if truth.shape != video.shape:
+        raise ValueError(f"truth: expected {tuple(video.shape)} like the video, got {tuple(truth.shape)}")
+    person = _region_weights(video, mask)
+    _check_clip_length(clip_length, video.shape[0], min_clips=1)
+    if len(tracks) != video.shape[0]:
+        raise ValueError(f"tracks: expected {video.shape[0]} frames like the video, got {len(tracks)}")
+    weight = seen_background(person[0], person, camera_from_tracks(tracks, visible))
+    lab, lab_true = rgb_to_lab(video), rgb_to_lab(truth)
+    err = [_delta_e(a, b) for a, b in zip(_clip_means(lab, weight, clip_length),
+                                          _clip_means(lab_true, weight, clip_length), strict=True)]  # fmt: skip
+    share = [float(weight[s : s + clip_length].mean()) for s in range(0, video.shape[0], clip_length)]
+    return {
+        "colour_error_seen_background": err,
+        "colour_error_seen_background_last": err[-1],
+        "seen_background_fraction": share,
+        "seen_background_fraction_last": share[-1],
+    }
