@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "claims")
@@ -330,14 +331,18 @@ def report(out_md: str) -> dict:
 
     images = os.path.join(os.path.dirname(os.path.abspath(out_md)), "images")
     os.makedirs(images, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, region in zip(axes, ("background", "person"), strict=True):
+    regions = ["background", "person"] + (["seen_background"] if CONFIG == "latent" else [])
+    fig, axes = plt.subplots(1, len(regions), figsize=(4.5 * len(regions), 3.2))
+    for ax, region in zip(axes, regions, strict=True):
         for row, r in results.items():
             curves = [s[f"colour_error_{region}"] for s in r["per_sample"] if f"colour_error_{region}" in s]
             if curves:
-                ax.plot(np.arange(1, len(curves[0]) + 1), np.nanmean(np.array(curves, float), 0), marker="o",
-                        label=row)  # fmt: skip
-        ax.set_title(f"colour error vs truth, {region} (Delta E)")
+                with warnings.catch_warnings():  # a clip no video shows any of (seen_background) is NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean_curve = np.nanmean(np.array(curves, float), 0)
+                ax.plot(np.arange(1, len(curves[0]) + 1), mean_curve, marker="o", label=row)
+        title = "background the reference shows" if region == "seen_background" else region
+        ax.set_title(f"colour error vs truth, {title} (Delta E)", fontsize=9)
         ax.set_xlabel("clip")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
