@@ -266,6 +266,10 @@ def test_seen_colour_error_is_zero_for_the_truth_and_catches_drift_but_not_new_c
     far = seen_colour_error(frames, frames, masks, tracks, lost, 8)
     assert far["colour_error_seen_background"][1] == pytest.approx(0.0, abs=1e-4)
     assert math.isnan(far["colour_error_seen_background_last"]) and far["seen_background_fraction_last"] == 0
+    # a sample without background tracks: only frame 0 is known, nothing fails
+    none = seen_colour_error(frames, frames, masks, np.zeros((32, 0, 2), np.float32), np.zeros((32, 0), bool), 8)
+    assert none["colour_error_seen_background"][0] == pytest.approx(0.0, abs=1e-4)
+    assert math.isnan(none["colour_error_seen_background_last"])
     with pytest.raises(ValueError, match="tracks: expected 32 frames"):
         seen_colour_error(frames, frames, masks, tracks[:10], visible[:10], 8)
 

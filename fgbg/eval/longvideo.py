@@ -172,12 +172,15 @@ def camera_from_tracks(tracks, visible, min_direct: int = 8) -> Tensor:
         raise ValueError(f"tracks (T, N, 2) and visible (T, N) expected, got {tuple(tracks.shape)}, "
                          f"{tuple(visible.shape)}")  # fmt: skip
     t_len = tracks.shape[0]
+    camera = torch.zeros(t_len, 2, 3, dtype=torch.float64)
+    camera[0, 0, 0] = camera[0, 1, 1] = 1.0
+    if tracks.shape[1] == 0:  # a sample without background tracks: the camera is unknown after frame 0
+        camera[1:] = math.nan
+        return camera
     shared0 = visible & visible[:1]
     direct = fit_motion(tracks[:1], tracks[None], shared0[None].float())[0].double()  # (T, 2, 3)
     step = fit_motion(tracks[:-1], tracks[1:, None], (visible[:-1] & visible[1:])[:, None].float())[:, 0].double()
     bottom = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
-    camera = torch.zeros(t_len, 2, 3, dtype=torch.float64)
-    camera[0, 0, 0] = camera[0, 1, 1] = 1.0
     for t in range(1, t_len):
         spread = _spread(tracks[t], shared0[t], min_direct)
         if spread > 0 and spread >= 0.5 * _spread(tracks[t], visible[t], min_direct):
