@@ -212,7 +212,7 @@ def _zooming_pan(num_frames: int, size: int = 48, seed: int = 0):
 
 def test_camera_from_tracks_recovers_a_pan_and_zoom_and_seen_background_shrinks_with_it():
     from fgbg.eval.longvideo import camera_from_tracks, seen_background
-    from fgbg.models.motion_hint import warp_affine
+    from fgbg.utils.geometry import warp_affine
 
     frames, masks, tracks, visible = _zooming_pan(40)
     camera = camera_from_tracks(tracks, visible)

@@ -157,14 +157,14 @@ def camera_from_tracks(tracks, visible, min_direct: int = 8) -> Tensor:
     """The camera's affine from frame 0 to every frame, recovered from background tracks.
 
     tracks (T, N, 2) pixel x/y (``fgbg.data.schema``), visible (T, N) bool. Frame t's affine is fitted
-    robustly (``fgbg.models.motion_hint.fit_affine_robust``, tracks that move on their own get no weight)
+    robustly (``fgbg.utils.geometry.fit_affine_robust``, tracks that move on their own get no weight)
     to the points visible in frame 0 and frame t when there are at least ``min_direct`` of them and they
     spread at least half as wide, in x and in y, as all of frame t's visible points (a thin band of them
     at the frame's edge would leave the scale unknown); otherwise it is chained from frame t-1's through
     the frame-to-frame fit on the points visible in both (a pan that leaves frame 0's points behind).
     Returns (T, 2, 3) float64; frame 0 is the identity; NaN where neither way has 3 points.
     """
-    from fgbg.models.motion_hint import fit_motion
+    from fgbg.utils.geometry import fit_motion
 
     tracks = torch.as_tensor(tracks, dtype=torch.float32)
     visible = torch.as_tensor(visible, dtype=torch.bool)
@@ -207,7 +207,7 @@ def seen_background(reference_mask: Tensor, masks: Tensor, camera: Tensor, dilat
     and off the reference's person (dilated by ``dilation`` px), and it is off frame t's person (dilated
     likewise). Returns (T, 1, H, W) float in {0, 1}.
     """
-    from fgbg.models.motion_hint import dilate, warp_affine
+    from fgbg.utils.geometry import dilate, warp_affine
 
     masks = as_frames(masks, "masks", channels=1).float()
     t_len, _, height, width = masks.shape
