@@ -217,9 +217,9 @@ def still_baseline(row: str, clip_len: int = 8) -> None:
 
     from fgbg.data.shards import SkipCounter, iter_clips
     from fgbg.data.transforms import fit_clip
+    from fgbg.evaluate import frames_path
 
-    frames_dir = os.path.join(eval_dir(row), "frames")
-    os.makedirs(frames_dir, exist_ok=True)
+    os.makedirs(os.path.join(eval_dir(row), "frames"), exist_ok=True)
     samples = []
     for i, clip in enumerate(iter_clips([os.path.join(ROOT, HELDOUT)], SkipCounter())):
         if i >= EVAL["max_samples"]:
@@ -227,7 +227,7 @@ def still_baseline(row: str, clip_len: int = 8) -> None:
         resolution = clip.frames.shape[1]  # the held-out videos' own size (64: the latent model's)
         clip = fit_clip(clip, resolution, resolution)
         still = np.repeat(clip.frames[:1], clip.num_frames, axis=0)
-        np.save(os.path.join(frames_dir, f"{str(clip.key).replace('/', '_')}.npy"), still)
+        np.save(frames_path(eval_dir(row), clip.key), still)
         samples.append({"key": clip.key, "clip_len": clip_len, "resolution": resolution})
     with open(os.path.join(eval_dir(row), "metrics.json"), "w") as f:
         json.dump({"ckpt_path": STILL, "samples": len(samples), "per_sample": samples}, f)

@@ -104,6 +104,12 @@ def _delta_e(a: Tensor | None, b: Tensor | None) -> float:
     return float(torch.linalg.vector_norm(a - b)) if a is not None and b is not None else math.nan
 
 
+def _clip_errors(lab: Tensor, lab_true: Tensor, weight: Tensor, clip_length: int) -> list[float]:
+    """Per clip, the Delta E between the two videos' mean Lab colour over the weighted pixels (NaN if none)."""
+    means, true_means = _clip_means(lab, weight, clip_length), _clip_means(lab_true, weight, clip_length)
+    return [_delta_e(a, b) for a, b in zip(means, true_means, strict=True)]
+
+
 def colour_drift(video: Tensor, mask: Tensor, clip_length: int) -> dict[str, float | list[float]]:
     """Colour drift of background and person, clip k against clip 1, as CIE76 Delta E.
 
@@ -146,8 +152,7 @@ def colour_error(video: Tensor, truth: Tensor, mask: Tensor, clip_length: int) -
     lab, lab_true = rgb_to_lab(video), rgb_to_lab(truth)
     result: dict[str, float | list[float]] = {}
     for region, weight in (("background", 1 - person), ("person", person)):
-        err = [_delta_e(a, b) for a, b in zip(_clip_means(lab, weight, clip_length),
-                                              _clip_means(lab_true, weight, clip_length), strict=True)]  # fmt: skip
+        err = _clip_errors(lab, lab_true, weight, clip_length)
         result[f"colour_error_{region}"] = err
         result[f"colour_error_{region}_last"] = err[-1]
     return result
@@ -244,8 +249,7 @@ def seen_colour_error(
         raise ValueError(f"tracks: expected {video.shape[0]} frames like the video, got {len(tracks)}")
     weight = seen_background(person[0], person, camera_from_tracks(tracks, visible))
     lab, lab_true = rgb_to_lab(video), rgb_to_lab(truth)
-    err = [_delta_e(a, b) for a, b in zip(_clip_means(lab, weight, clip_length),
-                                          _clip_means(lab_true, weight, clip_length), strict=True)]  # fmt: skip
+    err = _clip_errors(lab, lab_true, weight, clip_length)
     share = [float(weight[s : s + clip_length].mean()) for s in range(0, video.shape[0], clip_length)]
     return {
         "colour_error_seen_background": err,
