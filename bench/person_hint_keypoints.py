@@ -5,15 +5,17 @@
 A person-hint model (``docs/model.md``) is trained with the reference keypoints of the shard. At generation
 ``fgbg-generate`` estimates them from the reference image with mediapipe pose (``reference_keypoints`` default,
 ``fgbg.generate.estimate_reference_keypoints``) and generates without the person hint when that finds no one. On
-held-out synthetic clips (``fgbg-synth split=test num_videos=32 seed=1``, made if missing; the demo model trained on
-seed 0) the first ``clip_len`` frames of each clip are generated three times, with the same noise, reference
+held-out synthetic clips (``fgbg-synth split=test num_videos=32 seed=1``, or seed 2 with
+``--shards data/person_hint_heldout2/test-000000.tar``, made if missing; the models trained on seed 0) the first ``clip_len`` frames of each clip are generated three times, with the same noise, reference
 (the clip's first stored frame), true reference mask, pose and tracks, and only the reference keypoints changed:
 
   true       the shard's keypoints of the reference frame (what training gives)
-  estimated  mediapipe pose on the reference image as stored (64x64), top-down in a window around the true
-             reference mask (as ``reference_mask=PATH`` gives fgbg-generate; ``--whole-image``: without), mapped
-             to the model's size by the same ``Fit`` as the image: generation's default; zero keypoints (no person
-             hint) where it finds no one
+  estimated  mediapipe pose on the reference image as stored (64x64), checked against the true reference mask
+             (as ``reference_mask=PATH`` gives fgbg-generate): windows of several sizes around the mask and the
+             whole image, each as is and with the person cut out, each also mirrored, keeping the pose whose body
+             region matches the mask best (``fgbg.preprocess.pose.pose_matching_mask``; ``--whole-image``: the
+             whole image once, no mask), mapped to the model's size by the same ``Fit`` as the image:
+             generation's default; zero keypoints (no person hint) where it finds no one
   none       zero keypoints: no person hint (``reference_keypoints=none``)
 
 Person PSNR (``bench.learn_check.masked_psnr``, inside the true person mask) of frames 1.. of each clip (frame 0
@@ -48,14 +50,15 @@ from fgbg.generate import InputError, estimate_reference_keypoints, load_model, 
 from fgbg.models.module import COND_KEYS  # noqa: E402
 
 HELDOUT = "data/person_hint_heldout/test-000000.tar"
+HELDOUT_SEEDS = {HELDOUT: 1, "data/person_hint_heldout2/test-000000.tar": 2}  # made if missing (--shards)
 HELDOUT_VIDEOS = 32
 VARIANTS = ("true", "estimated", "none")
 
 
-def ensure_heldout(path: str, num: int) -> None:
+def ensure_heldout(path: str, num: int, seed: int = 1) -> None:
     if not os.path.isfile(os.path.join(ROOT, path)):
         subprocess.run([bin_path("fgbg-synth"), f"output={os.path.dirname(path)}", "split=test", f"num_videos={num}",
-                        "seed=1", f"videos_per_shard={num}"], cwd=ROOT, check=True)  # fmt: skip
+                        f"seed={seed}", f"videos_per_shard={num}"], cwd=ROOT, check=True)  # fmt: skip
 
 
 def estimated_keypoints(
@@ -119,8 +122,8 @@ def main() -> int:
     ap.add_argument("--out", default="bench/results/person_hint_keypoints.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.shards == HELDOUT:
-        ensure_heldout(HELDOUT, HELDOUT_VIDEOS)
+    if args.shards in HELDOUT_SEEDS:
+        ensure_heldout(args.shards, HELDOUT_VIDEOS, HELDOUT_SEEDS[args.shards])
     data = model_data_settings(args.weights)
     size, clip_len = int(data["resolution"]), int(data["clip_len"])
     model = load_model(args.weights)
@@ -167,6 +170,10 @@ def main() -> int:
         "resolution": size,
         "steps": args.steps,
         "pose_window": not args.whole_image,
+        "estimator": "mediapipe on the whole image"
+        if args.whole_image
+        else "pose_matching_mask: windows grown 1, 1.5, 2, 3 and the whole image; as is and cut out; mirrored; "
+        "best body-region IoU with the reference mask, at least 0.3",
         "mediapipe_found": len(hit),
         "mediapipe_found_fraction": len(hit) / n,
         "mediapipe_keypoint_error_px": float(

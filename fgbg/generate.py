@@ -141,16 +141,18 @@ def estimate_reference_keypoints(
 ) -> np.ndarray:
     """(18, 3) OpenPose-18 keypoints of the reference person, in output pixels (corner origin).
 
-    MediaPipe pose runs on the image at its own size: top-down on a window around ``person_mask`` (bool,
-    the image's own size; :func:`fgbg.preprocess.pose.pose_in_person_box`) when given, then on the whole
-    image if that finds no one. The points are mapped with the same ``Fit`` as the reference image.
-    Hidden keypoints have low confidence.
+    MediaPipe pose runs on the image at its own size. With ``person_mask`` (bool, the image's own size) it
+    runs top-down on windows of several sizes around the mask and on the whole image, each also mirrored,
+    and keeps the keypoints whose body region matches the mask best
+    (:func:`fgbg.preprocess.pose.pose_matching_mask`); when none matches it (IoU under 0.3) the person is
+    not found. Without a mask: the whole image once. The points are mapped with the same ``Fit`` as the
+    reference image. Hidden keypoints have low confidence.
     """
     from PIL import Image
 
     _, fit_map = load_reference(path, height, width, fit)  # checks the file first
     try:
-        from fgbg.preprocess.pose import MediaPipePose, pose_in_person_box
+        from fgbg.preprocess.pose import MediaPipePose, pose_matching_mask
 
         estimator = MediaPipePose()
     except ImportError as err:
@@ -159,11 +161,18 @@ def estimate_reference_keypoints(
     try:
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB"))
-        keypoints = None
         if person_mask is not None and person_mask.any():
-            keypoints = pose_in_person_box(estimator, image, person_mask)
-            estimator.reset()  # video mode tracks: the whole-image try must not start from the window's ROI
-        if keypoints is None:
+            if person_mask.shape != image.shape[:2]:
+                raise InputError(
+                    f"reference mask {person_mask.shape} and reference image {path} {image.shape[:2]} differ in size"
+                )
+            keypoints, iou = pose_matching_mask(estimator, image, person_mask)
+            if keypoints is None:
+                raise InputError(
+                    f"reference image {path}: mediapipe pose found no person matching the reference mask (best body "
+                    f"region IoU {iou:.2f}, needed 0.30); give reference_keypoints=FILE or a better reference_mask"
+                )
+        else:
             keypoints = estimator(image)
     finally:
         estimator.close()

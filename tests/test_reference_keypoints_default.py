@@ -66,8 +66,9 @@ def test_pose_window_maps_keypoints_back_and_rejects_bad_masks():
 
 
 def test_pose_window_finds_small_people_the_whole_image_misses(tmp_path):
-    """Small full-body people (64x64 fgbg-synth references): the window around the person mask finds more of them
-    than mediapipe on the whole image, at a few pixels' error (bench/person_hint_keypoints.py measures 32)."""
+    """Small full-body people (64x64 fgbg-synth references): the tries checked against the person mask find nearly
+    all of them, where mediapipe on the whole image misses most, at a pixel or two of error
+    (bench/person_hint_keypoints.py measures 64)."""
     pytest.importorskip("mediapipe", reason="estimating the reference pose needs mediapipe (make install)")
     from fgbg.data.shards import iter_clips
     from fgbg.generate import InputError, estimate_reference_keypoints
@@ -90,5 +91,76 @@ def test_pose_window_finds_small_people_the_whole_image_misses(tmp_path):
             true = clip.pose[0]
             ok = (kp[:, 2] >= 0.3) & (true[:, 2] >= 0.3)
             errors.append(float(np.linalg.norm(kp[ok, :2] - true[ok, :2], axis=1).mean()))
-    assert window > whole and window >= 8, (window, whole)
-    assert np.median(errors) < 4.0, errors
+    print(f"found {window} of 12 with the mask, {whole} on the whole image; median error {np.median(errors):.2f} px")
+    assert window > whole and window >= 11, (window, whole)  # found 12 of these 12 on 2026-12-01
+    assert np.median(errors) < 3.0, errors  # 1.6 px then
+
+
+def _stick_person(width: int = 48) -> np.ndarray:
+    """A standing person's OpenPose-18 keypoints in a 64 x ``width`` image, arms out to one side (not symmetric)."""
+    kp = np.zeros((18, 3), np.float32)
+    points = {0: (20, 12), 1: (20, 18), 2: (16, 18), 3: (12, 24), 4: (8, 28), 5: (24, 18), 6: (30, 16), 7: (36, 12),
+              8: (17, 34), 9: (17, 44), 10: (17, 54), 11: (23, 34), 12: (23, 44), 13: (23, 54)}  # fmt: skip
+    for j, xy in points.items():
+        kp[j] = (*xy, 0.9)
+    return kp
+
+
+class _StandIn:
+    """A pose estimator that answers only on whole images (not the 256-pixel windows) with ``answer(image)``."""
+
+    def __init__(self, answer):
+        self.answer, self.resets, self.calls = answer, 0, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return None if image.shape[:2] == (256, 256) else self.answer(image)
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_pose_matching_mask_keeps_the_try_that_explains_the_mask_and_maps_mirrored_tries_back():
+    from fgbg.data.render import render_body_region
+    from fgbg.preprocess.pose import mirror_keypoints, pose_matching_mask
+
+    true = _stick_person()
+    mask = render_body_region(true[None], 64, 48)[0, 0] > 0
+    image = np.zeros((64, 48, 3), np.uint8)
+    image[:, :24] = 255  # bright left half: a mirrored view has it on the right
+    wrong = true.copy()
+    wrong[:, 0] += 14  # someone else, beside the masked person
+
+    # The cut-out view (mid-grey outside the mask) gives the true pose; the others someone else.
+    estimator = _StandIn(lambda im: true.copy() if (im == 128).all(-1).any() else wrong.copy())
+    kp, iou = pose_matching_mask(estimator, image, mask, mirror=False)
+    np.testing.assert_array_equal(kp, true)
+    assert iou > 0.99 and estimator.resets >= estimator.calls  # a fresh tracker for every try
+
+    # Only the mirrored image (bright half on the right, grey nowhere) gives a pose: the true one, mirrored.
+    def mirrored_only(im):
+        return mirror_keypoints(true, 48) if im[0, -1, 0] == 255 and not (im == 128).all(-1).any() else None
+
+    kp, iou = pose_matching_mask(_StandIn(mirrored_only), image, mask)
+    np.testing.assert_allclose(kp, true, atol=1e-5)  # back in the image's pixels, left joints in left slots
+    assert iou > 0.99
+    assert pose_matching_mask(_StandIn(mirrored_only), image, mask, mirror=False) == (None, 0.0)
+
+    # Nobody that matches the mask: not found, with the best IoU seen.
+    below = true.copy()
+    below[:, 1] += 26  # in every view, someone below the masked person
+    kp, iou = pose_matching_mask(_StandIn(lambda im: below.copy()), image, mask)
+    assert kp is None and 0.0 < iou < 0.3, iou
+    assert pose_matching_mask(_StandIn(lambda im: true.copy()), image, np.zeros((64, 48), bool)) == (None, 0.0)
+    with pytest.raises(ValueError, match=r"person mask \(32, 32\) and image \(64, 48\) differ"):
+        pose_matching_mask(_StandIn(lambda im: true.copy()), image, np.ones((32, 32), bool))
+
+
+def test_mirror_keypoints_swaps_sides_and_is_its_own_inverse():
+    from fgbg.preprocess.pose import mirror_keypoints
+
+    kp = _stick_person()
+    once = mirror_keypoints(kp, 48)
+    np.testing.assert_allclose(once[5, :2], (48 - 16, 18))  # the right shoulder (slot 2) is the mirror's left (5)
+    np.testing.assert_allclose(once[0, :2], (28, 12))
+    np.testing.assert_allclose(mirror_keypoints(once, 48), kp)
