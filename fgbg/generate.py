@@ -162,10 +162,6 @@ def estimate_reference_keypoints(
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB"))
         if person_mask is not None and person_mask.any():
-            if person_mask.shape != image.shape[:2]:
-                raise InputError(
-                    f"reference mask {person_mask.shape} and reference image {path} {image.shape[:2]} differ in size"
-                )
             keypoints, iou = pose_matching_mask(estimator, image, person_mask)
             if keypoints is None:
                 raise InputError(

@@ -153,9 +153,8 @@ def pose_matching_mask(
     and 32 of 32 at 2.13 px on another 32 (seed 2) (``docs/generation.md``). The estimator is reset between
     tries (video-mode trackers must not carry one try's person into the next).
     """
-    import cv2
-
     from fgbg.data.render import render_body_region
+    from fgbg.preprocess.masks import dilate_masks  # masks imports this module: import at call time
 
     if mask.shape != image.shape[:2]:
         raise ValueError(f"person mask {mask.shape} and image {image.shape[:2]} differ in size")
@@ -165,17 +164,14 @@ def pose_matching_mask(
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     radius = max(1, int(round(cutout_grow * max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()))))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    keep = cv2.dilate(mask.astype(np.uint8), kernel) > 0
-    cutout = np.where(keep[..., None], image, np.uint8(128))
+    cutout = np.where(dilate_masks(mask[None], radius)[0][..., None], image, np.uint8(128))
     views = [(image, mask, False), (cutout, mask, False)]
     if mirror:
         views += [(np.ascontiguousarray(v[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]), True) for v, _, _ in views]
     best, best_iou = None, 0.0
     for view, view_mask, mirrored in views:
         for grow in (*grows, None):  # None: the whole image
-            if hasattr(estimator, "reset"):
-                estimator.reset()
+            estimator.reset()
             kp = estimator(view) if grow is None else pose_in_person_box(estimator, view, view_mask, grow)
             if kp is None or not (kp[:, 2] >= conf_threshold).any():
                 continue
@@ -184,8 +180,6 @@ def pose_matching_mask(
             iou = float((region & mask).sum() / max((region | mask).sum(), 1))
             if iou > best_iou:
                 best, best_iou = kp, iou
-    if hasattr(estimator, "reset"):
-        estimator.reset()
     return (best, best_iou) if best_iou >= min_iou else (None, best_iou)
 
 
