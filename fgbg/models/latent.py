@@ -14,7 +14,7 @@ class IdentityLatent(nn.Module):
     channels = 3
     factor = 1
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         """(M, 3, H, W) in [-1, 1] -> (M, 3, H, W)."""
         return images
 
@@ -48,7 +48,9 @@ class VAELatent(nn.Module):
     ``chunk_frames``: encode and decode at most this many images per VAE call (the VAE's activations at
     512x512 are about 1 GB per image in fp32; B x 16 frames in one call do not fit), same output.
     The posterior sample draws from ``generator`` when one is given (training passes its seeded one, so a
-    resumed run and every rank draw what an uninterrupted run would), else from the global RNG.
+    resumed run and every rank draw what an uninterrupted run would), else from the global RNG;
+    ``encode(..., mean=True)`` takes the posterior's mean whatever ``sample_posterior`` says (conditioning
+    inputs such as pixel-space hints, which should not carry sampling noise).
     """
 
     def __init__(
@@ -84,11 +86,11 @@ class VAELatent(nn.Module):
         return x.split(self.chunk_frames) if self.chunk_frames else (x,)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         out = []
         for chunk in self._chunks(images):
             dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
-            out.append(dist.sample(generator) if self.sample_posterior else dist.mode())
+            out.append(dist.sample(generator) if self.sample_posterior and not mean else dist.mode())
         return torch.cat(out).float() * self.scaling_factor
 
     @torch.no_grad()

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CONDITIONS = ("reference", "pose", "tracks")
 SAMPLERS = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+HINT_SPACES = ("latent", "pixel")
 STAGES = ("image", "video")
 LINK_MODES = ("channels", "noise_init", "both")
 LINK_AUGMENT_KEYS = ("prob", "max_t")
@@ -82,6 +83,7 @@ class ReferenceContext:
     latent:        (B, c, h, w) reference latent
     mask:          (B, 1, H, W) reference person mask, or None
     image_size:    (H, W) in pixels
+    image:         (B, 3, H, W) the reference in [-1, 1] (hints warped in pixel space, ``hint_space=pixel``), or None
     """
 
     bank: dict[str, torch.Tensor]
@@ -89,6 +91,7 @@ class ReferenceContext:
     latent: torch.Tensor
     mask: torch.Tensor | None
     image_size: tuple[int, int]
+    image: torch.Tensor | None = None
 
 
 def _pooled_gate(plan: dict, residual: torch.Tensor) -> torch.Tensor:
@@ -191,6 +194,7 @@ class FgbgModule(L.LightningModule):
         motion_hint: bool = True,
         motion_hint_fit: str = "irls",
         hint_mask_dilation: int = 1,
+        hint_space: str = "latent",
         link_prob: float = 0.2,
         link_augment: Mapping | None = None,
         video_trainable: Sequence[str] | None = None,
@@ -245,6 +249,12 @@ class FgbgModule(L.LightningModule):
         # as an estimator at generation misplaces them (fgbg.models.person_hint.jitter_reference_keypoints).
         self.reference_keypoints_jitter = float(reference_keypoints_jitter)
         self.hint_mask_dilation = hint_mask_dilation
+        if hint_space not in HINT_SPACES:
+            raise ValueError(f"model.hint_space={hint_space!r}: expected one of {HINT_SPACES}")
+        # pixel: the motion and person hints warp the reference's pixels at full resolution and the frozen latent
+        # space encodes the result (exact, as the frames' own latents are); latent: they warp the reference latent
+        # by bilinear sampling (cheaper; at 16x16 a 64x64 limb is a fraction of a cell). Same channels either way.
+        self.hint_space = hint_space
         self.link_prob = link_prob
         # Set: training noises the link latent to a random level and the denoiser sees that level as one more
         # constant input channel (docs/model.md "Link augmentation"). None: today's clean link, no channel.
@@ -428,7 +438,8 @@ class FgbgModule(L.LightningModule):
                 raise ValueError("encode_reference: this model's ReferenceNet takes the reference person mask")
             mask_latent = F.adaptive_max_pool2d(reference_mask.to(latent.dtype), latent.shape[-2:])
         bank = self.referencenet(latent, tokens, mask_latent)
-        return ReferenceContext(bank, tokens, latent, reference_mask, tuple(reference.shape[-2:]))
+        image = reference if self.hint_space == "pixel" else None
+        return ReferenceContext(bank, tokens, latent, reference_mask, tuple(reference.shape[-2:]), image)
 
     # ------------------------------------------------------------------ denoising
     def static_conditions(self, ctx: ReferenceContext, cond: Mapping[str, torch.Tensor]) -> dict:
@@ -451,9 +462,15 @@ class FgbgModule(L.LightningModule):
             "hint": None,
             "person_hint": None,
         }
+        source = ctx.latent
+        if self.hint_space == "pixel":
+            if ctx.image is None:
+                raise ValueError("static_conditions: model.hint_space=pixel needs the reference image in the context "
+                                 "(encode_reference keeps it)")  # fmt: skip
+            source = ctx.image.to(self.dtype)
         if self.use_motion_hint:
             out["hint"] = motion_hint(
-                ctx.latent,
+                source,
                 ctx.mask,
                 cond["tracks"].to(ctx.latent.dtype),
                 cond["track_visible"].bool(),
@@ -465,14 +482,26 @@ class FgbgModule(L.LightningModule):
             )
         if self.use_person_hint:
             out["person_hint"] = person_hint(
-                ctx.latent,
+                source,
                 ctx.mask,
                 cond["reference_keypoints"].to(ctx.latent.dtype),
                 cond["keypoints"].to(ctx.latent.dtype),
                 ctx.image_size,
                 radius=self.person_hint_radius,
             )
+        if self.hint_space == "pixel":
+            for key in ("hint", "person_hint"):
+                if out[key] is not None:
+                    out[key] = self._encode_hint(out[key], ctx.latent.shape[-2:])
         return out
+
+    def _encode_hint(self, hint: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A pixel-space hint (B, T, 3 + 1, H, W) -> (B, T, c + 1, h, w): the colours through the frozen latent
+        space's encoder (its mean: no sampling noise in a condition), the validity area-pooled to the latent grid."""
+        b, t = hint.shape[:2]
+        colour = self.latent.encode(hint[:, :, :3].flatten(0, 1), mean=True).to(hint.dtype)
+        valid = F.adaptive_avg_pool2d(hint[:, :, 3:].flatten(0, 1), tuple(size))
+        return torch.cat([colour, valid], 1).unflatten(0, (b, t))
 
     def denoise(
         self,
