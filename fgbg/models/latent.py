@@ -14,7 +14,9 @@ class IdentityLatent(nn.Module):
     channels = 3
     factor = 1
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False
+    ) -> torch.Tensor:
         """(M, 3, H, W) in [-1, 1] -> (M, 3, H, W)."""
         return images
 
@@ -86,7 +88,9 @@ class VAELatent(nn.Module):
         return x.split(self.chunk_frames) if self.chunk_frames else (x,)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False
+    ) -> torch.Tensor:
         out = []
         for chunk in self._chunks(images):
             dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
