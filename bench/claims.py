@@ -495,9 +495,14 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "out": os.path.join(ROOT, "runs", "claims_latent"),
     "heldout": "data/claims_heldout_128/test-000000.tar",
     "heldout_frames": 128,
-    "models": {"no_link_aug": ["model.link_augment=null", "model.video_trainable=[]"]},
+    "models": {
+        "no_link_aug": ["model.link_augment=null", "model.video_trainable=[]"],
+        # The full model with its motion and person hints warped in pixel space and encoded (model.hint_space).
+        "pixel_hints": ["model.hint_space=pixel"],
+    },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
+        "pixel_hints": ("pixel_hints", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
