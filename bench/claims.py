@@ -174,10 +174,10 @@ def evaluate(rows: list[str] | None = None, parallel: int = 2) -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         sys.exit(f"[claims] --rows {' '.join(unknown)}: not a row of --config {CONFIG} (rows: {', '.join(ROWS)})")
-    for row in [r for r in rows if ROWS[r][0] == STILL]:
+    for row in [r for r in rows if ROWS[r][0] in BASELINES]:
         if not os.path.isfile(os.path.join(eval_dir(row), "metrics.json")):
-            still_baseline(row)
-    rows = [r for r in rows if ROWS[r][0] != STILL]
+            baseline_row(row)
+    rows = [r for r in rows if ROWS[r][0] not in BASELINES]
     todo = [r for r in rows if not os.path.isfile(os.path.join(eval_dir(r), "metrics.json"))]
     for row in rows:
         if row not in todo:
@@ -204,20 +204,40 @@ def evaluate(rows: list[str] | None = None, parallel: int = 2) -> None:
 
 
 STILL = "baseline:still"  # a row that generates nothing: the reference frame repeated for the whole video
+VAE_ROUNDTRIP = "baseline:vae"  # no model either: every true frame through the shipped tiny VAE and back
+BASELINES = (STILL, VAE_ROUNDTRIP)
 
 
-def still_baseline(row: str, clip_len: int = 8) -> None:
-    """Row ``row``: every held-out video's first frame repeated for all its frames, scored by ``rescore``.
+def baseline_row(row: str, clip_len: int = 8) -> None:
+    """Row ``row`` of a baseline that generates nothing, its frames written beside the other rows' and scored by
+    ``rescore``, at the held-out videos' own size in clips of ``clip_len`` (the video stage's):
 
-    What a model that ignores pose and tracks but keeps the reference perfectly would score: the floor
-    that says which measures reward motion and which only reward keeping the reference's colours. Scored at
-    the held-out videos' own size in clips of ``clip_len`` (the video stage's).
+    - ``STILL``: every held-out video's first frame repeated for all its frames: what a model that ignores pose
+      and tracks but keeps the reference perfectly would score, the floor that says which measures reward motion
+      and which only reward keeping the reference's colours;
+    - ``VAE_ROUNDTRIP``: every true frame encoded and decoded by the shipped tiny VAE (``fgbg/assets/tiny_vae``,
+      the posterior's mean, as the latent rows encode): the ceiling of a latent model on that VAE, so a row's
+      gap to the truth splits into what the VAE loses and what the denoiser loses.
     """
     import numpy as np
 
     from fgbg.data.shards import SkipCounter, iter_clips
     from fgbg.data.transforms import fit_clip
     from fgbg.evaluate import frames_path
+
+    kind = ROWS[row][0]
+    roundtrip = None
+    if kind == VAE_ROUNDTRIP:
+        import torch
+
+        from fgbg.models.latent import VAELatent
+
+        vae = VAELatent(os.path.join(ROOT, "fgbg", "assets", "tiny_vae"), subfolder=None, sample_posterior=False)
+
+        def roundtrip(frames: np.ndarray) -> np.ndarray:  # (T, H, W, 3) uint8 -> the same, through the VAE
+            x = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            y = torch.cat([vae.decode(vae.encode(chunk)) for chunk in x.split(32)])
+            return ((y + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     os.makedirs(os.path.join(eval_dir(row), "frames"), exist_ok=True)
     samples = []
@@ -226,11 +246,14 @@ def still_baseline(row: str, clip_len: int = 8) -> None:
             break
         resolution = clip.frames.shape[1]  # the held-out videos' own size (64: the latent model's)
         clip = fit_clip(clip, resolution, resolution)
-        still = np.repeat(clip.frames[:1], clip.num_frames, axis=0)
-        np.save(frames_path(eval_dir(row), clip.key), still)
+        if roundtrip is None:
+            frames = np.repeat(clip.frames[:1], clip.num_frames, axis=0)
+        else:
+            frames = roundtrip(clip.frames)
+        np.save(frames_path(eval_dir(row), clip.key), frames)
         samples.append({"key": clip.key, "clip_len": clip_len, "resolution": resolution})
     with open(os.path.join(eval_dir(row), "metrics.json"), "w") as f:
-        json.dump({"ckpt_path": STILL, "samples": len(samples), "per_sample": samples}, f)
+        json.dump({"ckpt_path": kind, "samples": len(samples), "per_sample": samples}, f)
     rescore([row])
 
 
@@ -452,6 +475,12 @@ def report(out_md: str) -> dict:
             "reference perfectly and ignores pose and tracks would score."
             for r, (m, _) in ROWS.items()
             if m == STILL
+        )
+        + "".join(
+            f" `{r}` generates nothing either: it is the true frames through the shipped tiny VAE and back, the "
+            "ceiling of a latent model on that VAE."
+            for r, (m, _) in ROWS.items()
+            if m == VAE_ROUNDTRIP
         ),  # fmt: skip
         "",
         f"![colour error against the truth per clip](images/claims{SUFFIX}_drift.png)",
@@ -510,6 +539,8 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_32": ("bundle:fgbg/assets/demo_model.safetensors", []),
         # No model: the reference frame held still for 128 frames, the floor of each measure.
         "still_reference": (STILL, []),
+        # No model: the true frames through the shipped tiny VAE and back, the ceiling of every latent row.
+        "vae_reconstruction": (VAE_ROUNDTRIP, []),
     },
     "claims": [
         ("link augmentation stops error accumulating", "full", "no_link_aug", "colour_error_background_last"),

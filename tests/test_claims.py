@@ -35,8 +35,9 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_three_models_and_reports_nine_rows(tmp_path):
-    """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation ablation, link variants and the pixel baseline."""
+def test_claims_latent_config_trains_four_models_and_reports_eleven_rows(tmp_path):
+    """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
+    variants, the pixel baseline and two rows that generate nothing (the first frame held, the VAE's round trip)."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
@@ -45,8 +46,8 @@ def test_claims_latent_config_trains_three_models_and_reports_nine_rows(tmp_path
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
-    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "noise_init", "link_noise", "pixel_32",
-            "still_reference"}  # fmt: skip
+    rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
+            "pixel_32", "still_reference", "vae_reconstruction"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
     still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
@@ -56,7 +57,12 @@ def test_claims_latent_config_trains_three_models_and_reports_nine_rows(tmp_path
         "colour_error_seen_background_last",
         "seam_score",
     }
-    assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug"}
+    # the VAE's round trip: the true frames through the shipped VAE, far closer to the truth than any 2-step model
+    vae = json.loads((out / "eval" / "vae_reconstruction" / "metrics.json").read_text())
+    assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
+    assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints"}
+    hints = (out / "image" / "runs" / "pixel_hints" / ".hydra" / "config.yaml").read_text()
+    assert "hint_space: pixel" in hints
     cfg = (out / "image" / "runs" / "no_link_aug" / ".hydra" / "config.yaml").read_text()
     assert "link_augment: null" in cfg and "fgbg.models.latent.VAELatent" in cfg
     full = (out / "video" / "runs" / "full" / ".hydra" / "config.yaml").read_text()

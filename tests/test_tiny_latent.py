@@ -66,12 +66,52 @@ def test_vae_losses_and_crops_are_as_documented():
     assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
+def test_vae_person_weight_weighs_the_person_and_crops_its_mask():
+    torch.manual_seed(0)
+    plain = VAEModule(config=MINI_VAE, crop=None)
+    weighted = VAEModule(config=MINI_VAE, crop=None, person_weight=5.0)
+    weighted.vae.load_state_dict(plain.vae.state_dict())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:12, 6:10] = 1.0
+    with torch.no_grad():
+        recon = plain.vae.decode(plain.vae.encode(images).latent_dist.mode()).sample
+        err = (recon - images).abs()
+        w = 1.0 + 4.0 * masks
+        terms = weighted.losses(images, sample=False, masks=masks)
+        # a mean weighted 5:1 inside the mask, normalised so a uniform error keeps its value
+        assert torch.allclose(terms["l1"], (err * w).sum() / (w.sum() * 3), atol=1e-6)
+        assert not torch.allclose(terms["l1"], plain.losses(images, sample=False)["l1"])
+        # weight 1 with masks: the plain terms, plus the person's PSNR
+        same = plain.losses(images, sample=False, masks=masks)
+        assert torch.equal(same["l1"], plain.losses(images, sample=False)["l1"])
+        person_mse = (((recon.clamp(-1, 1) - images) / 2).square() * masks).sum() / (masks.sum() * 3)
+        assert float(same["psnr_person"]) == pytest.approx(float(10 * torch.log10(1 / person_mse)), abs=1e-3)
+    # training crops the mask from the image's window
+    batch = {"frames": images[:, None], "reference": images.flip(0), "masks": masks[:, None],
+             "reference_mask": masks.flip(0)}  # fmt: skip
+    cropped = VAEModule(config=MINI_VAE, crop=8, person_weight=5.0)
+    seen = []
+    cropped.losses = lambda im, sample, masks: seen.append((im, masks)) or {"loss": im.sum() * 0}  # type: ignore
+    cropped.log_dict = cropped.log = lambda *a, **k: None  # type: ignore
+    cropped.training_step(batch, 0)
+    (im, m), = seen
+    assert im.shape == (4, 3, 8, 8) and m.shape == (4, 1, 8, 8)
+    full = torch.cat([torch.cat([images, images.flip(0)]), torch.cat([masks, masks.flip(0)])], 1)
+    assert all(any(torch.equal(torch.cat([a, b]), f[:, y : y + 8, x : x + 8]) for y in range(9) for x in range(9))
+               for a, b, f in zip(im, m, full, strict=True))  # fmt: skip
+    # without masks in the batch a person weight cannot apply: the error names the setting and the keys
+    with pytest.raises(ValueError, match=r"model.person_weight=5.0: the batch has no person masks"):
+        cropped.training_step({"frames": images[:, None], "reference": images}, 0)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"crop": 12}, "model.crop=12"),
         ({"kl_weight": -1.0}, "model.kl_weight=-1.0"),
         ({"config": None}, "give `config`"),
+        ({"person_weight": 0.5}, "model.person_weight=0.5"),
     ],
 )
 def test_vae_module_rejects_bad_settings(kwargs, message):
