@@ -95,7 +95,7 @@ def test_vae_person_weight_weighs_the_person_and_crops_its_mask():
     cropped.losses = lambda im, sample, masks: seen.append((im, masks)) or {"loss": im.sum() * 0}  # type: ignore
     cropped.log_dict = cropped.log = lambda *a, **k: None  # type: ignore
     cropped.training_step(batch, 0)
-    (im, m), = seen
+    ((im, m),) = seen
     assert im.shape == (4, 3, 8, 8) and m.shape == (4, 1, 8, 8)
     full = torch.cat([torch.cat([images, images.flip(0)]), torch.cat([masks, masks.flip(0)])], 1)
     assert all(any(torch.equal(torch.cat([a, b]), f[:, y : y + 8, x : x + 8]) for y in range(9) for x in range(9))

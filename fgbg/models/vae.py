@@ -100,7 +100,9 @@ class VAEModule(L.LightningModule):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"model.{name}={value!r}: expected a finite number >= 0")
         if not (isinstance(person_weight, int | float) and math.isfinite(person_weight) and person_weight >= 1):
-            raise ValueError(f"model.person_weight={person_weight!r}: expected a finite number >= 1 (1: every pixel alike)")
+            raise ValueError(
+                f"model.person_weight={person_weight!r}: expected a finite number >= 1 (1: every pixel alike)"
+            )
         # The reconstruction terms weigh pixels inside the person mask this many times the rest (the person is
         # ~15% of a frame, with its thinnest, most detailed structures: limbs, faces, shirt patterns).
         self.person_weight = float(person_weight)
