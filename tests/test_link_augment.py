@@ -298,7 +298,7 @@ def test_keys_off_train_and_sample_bitwise_as_before(stage):
         pytest.skip(f"git cannot show {BEFORE} (a shallow or exported copy)")
     cfg = OmegaConf.create(OmegaConf.to_container(small_model_cfg(stage=stage, link_prob=0.6), resolve=True))
     old_cfg = cfg.copy()
-    for key in ("link_augment", "video_trainable", "reference_keypoints_jitter"):  # keys added since, off: as before
+    for key in ("link_augment", "video_trainable", "reference_keypoints_jitter", "hint_space"):  # added since, off
         old_cfg.pop(key, None)
     old_cfg._target_ = "fgbg_module_before.FgbgModule"
     torch.manual_seed(0)
