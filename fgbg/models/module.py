@@ -83,7 +83,7 @@ class ReferenceContext:
     latent:        (B, c, h, w) reference latent
     mask:          (B, 1, H, W) reference person mask, or None
     image_size:    (H, W) in pixels
-    image:         (B, 3, H, W) the reference in [-1, 1] (hints warped in pixel space, ``hint_space=pixel``), or None
+    image:         (B, 3, H, W) the reference in [-1, 1] (what ``hint_space=pixel`` warps)
     """
 
     bank: dict[str, torch.Tensor]
@@ -91,7 +91,7 @@ class ReferenceContext:
     latent: torch.Tensor
     mask: torch.Tensor | None
     image_size: tuple[int, int]
-    image: torch.Tensor | None = None
+    image: torch.Tensor
 
 
 def _pooled_gate(plan: dict, residual: torch.Tensor) -> torch.Tensor:
@@ -438,8 +438,7 @@ class FgbgModule(L.LightningModule):
                 raise ValueError("encode_reference: this model's ReferenceNet takes the reference person mask")
             mask_latent = F.adaptive_max_pool2d(reference_mask.to(latent.dtype), latent.shape[-2:])
         bank = self.referencenet(latent, tokens, mask_latent)
-        image = reference if self.hint_space == "pixel" else None
-        return ReferenceContext(bank, tokens, latent, reference_mask, tuple(reference.shape[-2:]), image)
+        return ReferenceContext(bank, tokens, latent, reference_mask, tuple(reference.shape[-2:]), reference)
 
     # ------------------------------------------------------------------ denoising
     def static_conditions(self, ctx: ReferenceContext, cond: Mapping[str, torch.Tensor]) -> dict:
@@ -462,12 +461,7 @@ class FgbgModule(L.LightningModule):
             "hint": None,
             "person_hint": None,
         }
-        source = ctx.latent
-        if self.hint_space == "pixel":
-            if ctx.image is None:
-                raise ValueError("static_conditions: model.hint_space=pixel needs the reference image in the context "
-                                 "(encode_reference keeps it)")  # fmt: skip
-            source = ctx.image.to(self.dtype)
+        source = ctx.image.to(self.dtype) if self.hint_space == "pixel" else ctx.latent
         if self.use_motion_hint:
             out["hint"] = motion_hint(
                 source,
