@@ -91,7 +91,7 @@ class ReferenceContext:
     latent: torch.Tensor
     mask: torch.Tensor | None
     image_size: tuple[int, int]
-    image: torch.Tensor
+    image: torch.Tensor | None = None  # None only in contexts built by hand (tests), which hint_space=pixel cannot use
 
 
 def _pooled_gate(plan: dict, residual: torch.Tensor) -> torch.Tensor:
