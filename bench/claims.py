@@ -530,10 +530,17 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "no_link_aug": ["model.link_augment=null", "model.video_trainable=[]"],
         # The full model with its motion and person hints warped in pixel space and encoded (model.hint_space).
         "pixel_hints": ["model.hint_space=pixel"],
+        # The two changes that each helped, together (the candidate recipe for the demo model), and the same with
+        # the person's pixels weighing 5x in the diffusion loss instead of the experiment's 2x.
+        "pixel_no_aug": ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"],
+        "pixel_no_aug_pw5": ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]",
+                             "model.person_loss_weight=5.0"],  # fmt: skip
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
         "pixel_hints": ("pixel_hints", []),
+        "pixel_no_aug": ("pixel_no_aug", []),
+        "pixel_no_aug_pw5": ("pixel_no_aug_pw5", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
