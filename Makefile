@@ -153,7 +153,7 @@ demo-train: $(STAMP) ## Reproduce the demo model: the claims benchmark's full mo
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
 
-claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 3 models, 8 rows (one the 32x32 pixel demo model), 128-frame videos (docs/results_latent.md)
+claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 6 models, 13 rows (one the 32x32 pixel demo model, two that generate nothing), 128-frame videos (docs/results_latent.md)
 	$(PY) bench/claims.py all --config latent
 
 tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR

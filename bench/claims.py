@@ -3,6 +3,7 @@
     make claims            # = python bench/claims.py all   (under 3 hours on 2 CPU cores)
     python bench/claims.py train | evaluate | report
     python bench/claims.py rescore   # the saved frames scored again with today's measures (no generation)
+    python bench/claims.py compare --rows A B C   # row A against B and C, paired by video, on every column
 
 Rows (docs/results.md):
   full             the full tiny model (pose + tracks + link + reference at every clip)
@@ -23,6 +24,9 @@ trained with ``model.link_augment=null`` and nothing but motion modules in stage
 (the full model linking clips through the next clip's starting noise, ``link_mode=noise_init``),
 ``link_noise`` (the full model with its link latent noised at generation, ``link_noise=0.1``, as training
 showed it) and ``pixel_32`` (the shipped 32x32 pixel demo model, today's baseline, on the same videos).
+Rows added since (each its own trained model, same budget): ``pixel_hints`` (``model.hint_space=pixel``),
+``pixel_no_aug`` (pixel-space hints without link augmentation) and ``pixel_no_aug_pw5`` (the same with the
+person weighing 5x in the loss); baselines without a model: ``still_reference`` and ``vae_reconstruction``.
 """
 
 from __future__ import annotations
@@ -304,6 +308,62 @@ def _relative(arg: str) -> str:
     )
 
 
+def paired(win: dict, lose: dict, key: str) -> tuple[float, float, str, int]:
+    """Row ``win``'s gain over row ``lose`` on ``key`` (their ``metrics.json``), paired by sample: the mean gain
+    (positive: ``win`` better, by the column's direction), its standard error, the verdict (``yes`` when the gain
+    is > 2 SE, ``no`` when it is < -2 SE, else ``not significant``) and the number of pairs."""
+    import numpy as np
+
+    better = dict((k, b) for k, _, b, _ in COLUMNS)[key]
+    other = {x["key"]: x.get(key) for x in lose["per_sample"]}
+    gains = np.array(
+        [
+            (x.get(key) - other[x["key"]]) * better
+            for x in win["per_sample"]
+            if x["key"] in other and x.get(key) is not None and other[x["key"]] is not None
+        ],
+        float,
+    )
+    gains = gains[np.isfinite(gains)]
+    gain = float(gains.mean()) if len(gains) else float("nan")
+    se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
+    noise = max(2 * se, 1e-6) if np.isfinite(se) else float("inf")
+    holds = "yes" if gain > noise else ("no" if gain < -noise else "not significant")
+    return gain, se, holds, int(len(gains))
+
+
+def compare(rows: list[str]) -> str:
+    """The first of ``rows`` against each of the others, paired by video on every column: a Markdown table for
+    rows evaluated without the whole benchmark (``report`` needs every row). Printed and returned."""
+    if not rows or len(rows) < 2:
+        sys.exit("[claims] compare: give --rows WIN OTHER [OTHER ...] (the first row against each of the others)")
+    results = {}
+    for row in rows:
+        path = os.path.join(eval_dir(row), "metrics.json")
+        if not os.path.isfile(path):
+            sys.exit(f"[claims] compare: {path} missing; run `python bench/claims.py evaluate --rows {row}`")
+        with open(path) as f:
+            results[row] = json.load(f)
+    win = rows[0]
+    lines = [f"| measure | {win} | " + " | ".join(f"{r} | gain over {r} ± SE" for r in rows[1:]) + " |",
+             "|---|---|" + "---|---|" * (len(rows) - 1)]  # fmt: skip
+    for key, title, _, fmt in COLUMNS:
+        if key not in results[win]["mean"]:
+            continue
+        cells = [title, fmt.format(results[win]["mean"][key])]
+        for row in rows[1:]:
+            if key not in results[row]["mean"]:
+                cells += ["", ""]
+                continue
+            gain, se, holds, _ = paired(results[win], results[row], key)
+            mark = {"yes": " **better**", "no": " **worse**"}.get(holds, "")
+            cells += [fmt.format(results[row]["mean"][key]), f"{gain:+.3f} ± {se:.3f}{mark}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table, flush=True)
+    return table
+
+
 def report(out_md: str) -> dict:
     import numpy as np
 
@@ -326,25 +386,9 @@ def report(out_md: str) -> dict:
 
     verdicts = []
     for claim, win, lose, key in CLAIMS:
-        better = dict((k, b) for k, _, b, _ in COLUMNS)[key]
-        a, b = mean[win][key], mean[lose][key]
-        # Paired by sample: the mean gain and its standard error; a claim holds when the gain is > 2 SE.
-        other = {x["key"]: x.get(key) for x in results[lose]["per_sample"]}
-        gains = np.array(
-            [
-                (x.get(key) - other[x["key"]]) * better
-                for x in results[win]["per_sample"]
-                if x["key"] in other and x.get(key) is not None and other[x["key"]] is not None
-            ],
-            float,
-        )
-        gains = gains[np.isfinite(gains)]
-        gain = float(gains.mean()) if len(gains) else float("nan")
-        se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
-        noise = max(2 * se, 1e-6) if np.isfinite(se) else float("inf")
-        holds = "yes" if gain > noise else ("no" if gain < -noise else "not significant")
-        verdicts.append({"claim": claim, "metric": key, win: a, lose: b, "gain": gain, "se": se, "holds": holds,
-                         "samples": int(len(gains))})  # fmt: skip
+        gain, se, holds, n = paired(results[win], results[lose], key)
+        verdicts.append({"claim": claim, "metric": key, win: mean[win][key], lose: mean[lose][key], "gain": gain,
+                         "se": se, "holds": holds, "samples": n})  # fmt: skip
 
     # Plots: colour drift per clip (background, person) for every row, and the truth's own drift.
     import matplotlib
@@ -533,8 +577,12 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # The two changes that each helped, together (the candidate recipe for the demo model), and the same with
         # the person's pixels weighing 5x in the diffusion loss instead of the experiment's 2x.
         "pixel_no_aug": ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"],
-        "pixel_no_aug_pw5": ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]",
-                             "model.person_loss_weight=5.0"],  # fmt: skip
+        "pixel_no_aug_pw5": [
+            "model.hint_space=pixel",
+            "model.link_augment=null",
+            "model.video_trainable=[]",
+            "model.person_loss_weight=5.0",
+        ],  # fmt: skip
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
@@ -585,6 +633,29 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
             "pixel_32",
             "colour_error_seen_background_last",
         ),
+        # The demo-candidate recipe: pixel-space hints without link augmentation (each helped alone), against
+        # today's pixel model on issue 16's acceptance measures, and the person weighing 5x in its loss.
+        ("pixel hints without link augmentation beat the 32x32 pixel model", "pixel_no_aug", "pixel_32", "seam_score"),
+        (
+            "pixel hints without link augmentation beat the 32x32 pixel model",
+            "pixel_no_aug",
+            "pixel_32",
+            "colour_error_seen_background_last",
+        ),
+        (
+            "pixel hints without link augmentation beat the 32x32 pixel model",
+            "pixel_no_aug",
+            "pixel_32",
+            "appearance_hist",
+        ),
+        (
+            "pixel hints without link augmentation beat the 32x32 pixel model",
+            "pixel_no_aug",
+            "pixel_32",
+            "track_error_clip_frame",
+        ),
+        ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", "appearance_hist"),
+        ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", "psnr_person"),
     ],
     "columns": [  # appearance and background structure (issue 16), and track error in frame widths
         ("colour_error_seen_background_last", "colour err bg seen by ref, clip 16", -1, "{:.2f}"),
@@ -639,7 +710,7 @@ MODELS_EXTRA: dict[str, list[str]] = {"image": [], "video": []}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "train", "evaluate", "rescore", "report", "all"])
+    ap.add_argument("what", choices=["data", "train", "evaluate", "rescore", "report", "compare", "all"])
     ap.add_argument(
         "--models",
         nargs="+",
@@ -657,7 +728,12 @@ def main() -> int:
     ap.add_argument("--results", default=None, help="the page to write (default docs/results[_latent].md)")
     ap.add_argument("--image-steps", type=int, default=None)
     ap.add_argument("--video-steps", type=int, default=None)
-    ap.add_argument("--rows", nargs="+", default=None, help="evaluate only these rows (default: every row)")
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="evaluate (rescore) only these rows (default: every row); compare: the first against the rest",
+    )
     ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
@@ -678,6 +754,8 @@ def main() -> int:
         rescore(args.rows)
     if args.what in ("report", "all"):
         report(args.results)
+    if args.what == "compare":  # --rows WIN OTHER ...: paired gains without the whole benchmark's rows
+        compare(args.rows)
     return 0
 
 

@@ -35,7 +35,7 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_four_models_and_reports_eleven_rows(tmp_path):
+def test_claims_latent_config_trains_six_models_and_reports_thirteen_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
     variants, the pixel baseline and two rows that generate nothing (the first frame held, the VAE's round trip)."""
     out = tmp_path / "claims_latent"
@@ -47,7 +47,7 @@ def test_claims_latent_config_trains_four_models_and_reports_eleven_rows(tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
     rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
-            "pixel_32", "still_reference", "vae_reconstruction"}  # fmt: skip
+            "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
     still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
@@ -60,7 +60,10 @@ def test_claims_latent_config_trains_four_models_and_reports_eleven_rows(tmp_pat
     # the VAE's round trip: the true frames through the shipped VAE, far closer to the truth than any 2-step model
     vae = json.loads((out / "eval" / "vae_reconstruction" / "metrics.json").read_text())
     assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
-    assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints"}
+    assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
+                                        "pixel_no_aug_pw5"}  # fmt: skip
+    pw5 = (out / "image" / "runs" / "pixel_no_aug_pw5" / ".hydra" / "config.yaml").read_text()
+    assert "person_loss_weight: 5.0" in pw5 and "hint_space: pixel" in pw5 and "link_augment: null" in pw5
     hints = (out / "image" / "runs" / "pixel_hints" / ".hydra" / "config.yaml").read_text()
     assert "hint_space: pixel" in hints
     cfg = (out / "image" / "runs" / "no_link_aug" / ".hydra" / "config.yaml").read_text()
@@ -72,3 +75,25 @@ def test_claims_latent_config_trains_four_models_and_reports_eleven_rows(tmp_pat
     assert "appearance err person" in text and "64x64 latent beats the 32x32 pixel model" in text
     assert "colour err bg seen by ref" in text and "| still_reference |" in text
     assert (page.parent / "images" / "claims_latent_sheet.png").stat().st_size > 0
+
+
+def test_compare_pairs_rows_by_video(tmp_path):
+    """`compare --rows A B`: A's gain over B on every column, paired by video, for rows evaluated without the
+    whole benchmark; a missing row names its metrics.json."""
+    out = tmp_path / "claims_latent"
+    psnr = {"a": [20.0, 21.0, 23.0], "b": [19.0, 19.0, 20.0]}  # gains 1, 2, 3: mean 2, SE 1/sqrt(3)
+    seam = {"a": [1.2, 1.2, 1.2], "b": [1.0, 1.0, 1.0]}  # a is worse by 0.2 on every video (lower is better)
+    for row in ("a", "b"):
+        per_sample = [{"key": f"v{i}", "psnr": psnr[row][i], "seam_score": seam[row][i]} for i in range(3)]
+        mean = {"psnr": sum(psnr[row]) / 3, "seam_score": sum(seam[row]) / 3}
+        (out / "eval" / row).mkdir(parents=True)
+        (out / "eval" / row / "metrics.json").write_text(json.dumps({"mean": mean, "per_sample": per_sample}))
+    cmd = [sys.executable, "bench/claims.py", "compare", "--config", "latent", "--out", str(out), "--rows", "a", "b"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {line.split(" | ")[0].strip("| "): line for line in proc.stdout.splitlines() if line.startswith("|")}
+    assert "| 21.33 | 19.33 | +2.000 ± 0.577 **better** |" in lines["PSNR"]
+    assert "| 1.20 | 1.00 | -0.200 ± 0.000 **worse** |" in lines["seam"]
+    assert "track err px" not in lines  # columns neither row has are left out
+    proc = subprocess.run(cmd[:-1] + ["missing"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "eval/missing/metrics.json missing" in proc.stderr
