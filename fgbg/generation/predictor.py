@@ -31,6 +31,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from fgbg.models.module import LINK_DEFAULTS, check_link_options
+
 
 class LongVideoPredictor(L.LightningModule):
     def __init__(
@@ -42,18 +44,15 @@ class LongVideoPredictor(L.LightningModule):
         seed: int = 0,
         link: bool = True,
         reference_every_clip: bool = True,
-        link_mode: str = "channels",
-        link_noise: float = 0.0,
-        link_init_weight: float = 0.5,
+        link_mode: str = LINK_DEFAULTS["link_mode"],
+        link_noise: float = LINK_DEFAULTS["link_noise"],
+        link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
     ):
         super().__init__()
-        from fgbg.models.module import check_link_options
-
         check_link_options(link_mode, link_noise, link_init_weight)
-        # Passed to sample_clip only when not at their defaults (today's call, and models without these options).
-        defaults = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
+        # Passed to sample_clip only when not at its defaults (today's call, and models without these options).
         given = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight}
-        self.link_options = {k: v for k, v in given.items() if v != defaults[k]}
+        self.link_options = {k: v for k, v in given.items() if v != LINK_DEFAULTS[k]}
         self.link = link
         self.reference_every_clip = reference_every_clip
         self.model = model
@@ -78,9 +77,7 @@ class LongVideoPredictor(L.LightningModule):
             int(cfg.seed),
             link=bool(cfg.get("link", True)),
             reference_every_clip=bool(cfg.get("reference_every_clip", True)),
-            link_mode=cfg.get("link_mode", "channels"),
-            link_noise=cfg.get("link_noise", 0.0),
-            link_init_weight=cfg.get("link_init_weight", 0.5),
+            **{k: cfg.get(k, default) for k, default in LINK_DEFAULTS.items()},
         )
 
     def on_predict_start(self) -> None:

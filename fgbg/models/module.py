@@ -164,6 +164,10 @@ def parse_link_augment(value) -> dict | None:
     return {"prob": float(cfg["prob"]), "max_t": float(cfg["max_t"])}
 
 
+# Generation's link options at their defaults (``sample_clip``'s; the predictor passes only the ones changed).
+LINK_DEFAULTS = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
+
+
 def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
     """Generation's link options (``link_mode``, ``link_noise``, ``link_init_weight``); raises naming the key."""
     if link_mode not in LINK_MODES:
@@ -840,9 +844,9 @@ class FgbgModule(L.LightningModule):
         guidance: Mapping[str, float] | None = None,
         generator: torch.Generator | None = None,
         drop: tuple[str, ...] | list[str] = (),
-        link_mode: str = "channels",
-        link_noise: float = 0.0,
-        link_init_weight: float = 0.5,
+        link_mode: str = LINK_DEFAULTS["link_mode"],
+        link_noise: float = LINK_DEFAULTS["link_noise"],
+        link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
     ) -> torch.Tensor:
         """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
 
