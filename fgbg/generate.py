@@ -154,7 +154,7 @@ def estimate_reference_keypoints(
     try:
         from fgbg.preprocess.pose import MediaPipePose, pose_matching_mask
 
-        estimator = MediaPipePose()
+        estimator = MediaPipePose(static_image_mode=True)  # many tries on one image: one graph, no tracking
     except ImportError as err:
         msg = f"reference_keypoints=auto needs mediapipe ({err}); or give reference_keypoints=FILE"
         raise InputError(msg) from None
