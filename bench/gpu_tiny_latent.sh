@@ -3,8 +3,9 @@
 #   1. fgbg-synth: 1024 training + 64 validation videos (CPU, 12 workers); meanwhile the SD-1.5-size training
 #      step of bench/train_step.py (random init, 512x512, sdpa), as bench/gpu_check.sh's first check
 #   2. experiment=synthetic_tiny_vae on synthetic + real frames (.gpu/real/*.tar when carried) -> the VAE folder
-#   3. the claims' three models of experiment=synthetic_tiny_latent_{image,video} side by side on the GPU:
-#      full, no_link_aug (model.link_augment=null, nothing but motion modules in stage video), no_tracks;
+#   3. three models of experiment=synthetic_tiny_latent_{image,video} side by side on the GPU (MODELS; recipes named as in
+#      bench/claims.py --config latent, EXTRA below): by default the demo candidate pixel_no_aug (pixel-space hints, no link
+#      augmentation), its pose-only twin pixel_no_aug_no_tracks, and pixel_no_aug_pw5 (person 5x in the loss);
 #      the same steps, data and seed, capped by time (the cap is reported)
 #   4. float16 bundles (VAE embedded) and logs into $OUT, for bench/claims.py --config latent and the demo
 # Carry: .whl (diffusers, hydra-core, omegaconf, antlr4 4.9.3, webdataset, braceexpand, transformers) and .gpu.
@@ -19,6 +20,8 @@ source bench/gpu_env.sh
 IMAGE_STEPS=${IMAGE_STEPS:-4000} IMAGE_TIME=${IMAGE_TIME:-00:00:02:50}
 VIDEO_STEPS=${VIDEO_STEPS:-1200} VIDEO_TIME=${VIDEO_TIME:-00:00:01:10}
 VAE_STEPS=${VAE_STEPS:-2000} VAE_TIME=${VAE_TIME:-00:00:01:20}
+VAE_PERSON_WEIGHT=${VAE_PERSON_WEIGHT:-5}   # the person's pixels weigh 5x (CPU A/B, docs/model.md: +0.4 dB person)
+MODELS=${MODELS:-"pixel_no_aug pixel_no_aug_no_tracks pixel_no_aug_pw5"}
 TRAINER=${TRAINER:-gpu} NUM_VIDEOS=${NUM_VIDEOS:-1024}   # TRAINER=default NUM_VIDEOS=16 ...: a dry run on a CPU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/logs/gpu.txt"
 python3 -c "import torch, diffusers, transformers, lightning, hydra; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" >> "$W/logs/gpu.txt" 2>&1
@@ -42,6 +45,7 @@ NOSAMPLES=(callbacks.sample_video.every_n_steps=0 callbacks.sample_video.at_end=
 SHARDS="'data/synthetic/train-{000000..000007}.tar'"
 for f in .gpu/real/*.tar; do [ -f "$f" ] && SHARDS="$SHARDS,'$f'"; done
 python3 -m fgbg.train experiment=synthetic_tiny_vae "${COMMON[@]}" data.num_workers=6 paths.log_dir=$W/vae_run run_name=vae \
+  model.person_weight=$VAE_PERSON_WEIGHT \
   "data.train_shards=[$SHARDS]" trainer.max_steps=$VAE_STEPS trainer.max_time=$VAE_TIME > "$W/logs/vae.log" 2>&1
 el "vae rc=$?"
 VAE=$W/vae_run/synthetic_tiny_vae/runs/vae/vae
@@ -49,9 +53,16 @@ python3 -m fgbg.eval.vae "$VAE" data/synthetic/val-000000.tar --out "$W/logs/vae
 el "vae eval rc=$? $(grep psnr_mean "$W/logs/vae_eval.json")"
 
 # 3. three models, stage image then stage video, side by side
-declare -A EXTRA=([full]="" [no_link_aug]="model.link_augment=null model.video_trainable=[]" [no_tracks]="model.use_tracks=false")
+NO_AUG="model.hint_space=pixel model.link_augment=null model.video_trainable=[]"
+declare -A EXTRA=([full]="" [no_link_aug]="model.link_augment=null model.video_trainable=[]"
+                  [no_tracks]="model.use_tracks=false" [pixel_hints]="model.hint_space=pixel"
+                  [pixel_no_aug]="$NO_AUG" [pixel_no_aug_no_tracks]="$NO_AUG model.use_tracks=false"
+                  [pixel_no_aug_pw5]="$NO_AUG model.person_loss_weight=5.0")
+for m in $MODELS; do
+  [ -n "${EXTRA[$m]+set}" ] || { echo "MODELS: unknown model $m (one of ${!EXTRA[*]})"; exit 2; }
+done
 for stage in image video; do
-  for m in full no_link_aug no_tracks; do
+  for m in $MODELS; do
     steps=$IMAGE_STEPS; cap=$IMAGE_TIME; init=()
     if [ $stage = video ]; then
       steps=$VIDEO_STEPS; cap=$VIDEO_TIME
@@ -66,7 +77,7 @@ for stage in image video; do
 done
 
 # 4. bundles and logs back
-for m in full no_link_aug no_tracks; do
+for m in $MODELS; do
   python3 -m fgbg.models.bundle $W/claims/video/runs/$m "$OUT/$m.safetensors" --half >> "$W/logs/bundles.log" 2>&1
 done
 el "bundles: $(ls -la "$OUT" | grep -c safetensors)"
