@@ -541,6 +541,8 @@ def report(out_md: str) -> dict:
         "```",
         f"python bench/claims.py all{' --config latent' if CONFIG == 'latent' else ''}   # data, models, rows, this page",
         "python bench/claims.py train     # or one part at a time: train | evaluate | report",
+        f"python bench/claims.py compare{' --config latent' if CONFIG == 'latent' else ''} --rows full no_tracks"
+        "   # a row against others, paired by video",
         "```",
         "",
     ]
