@@ -332,7 +332,33 @@ def paired(win: dict, lose: dict, key: str) -> tuple[float, float, str, int]:
     return gain, se, holds, int(len(gains))
 
 
-def compare(rows: list[str]) -> str:
+def rows_sheet(rows: list[str], key: str, path: str) -> None:
+    """Contact sheet of held-out video ``key``: the truth (pose and tracks drawn) then each row's saved frames,
+    the lower-resolution rows (the 32x32 pixel model) upscaled (nearest) to the first row's size."""
+    import numpy as np
+
+    from fgbg.data.render import contact_sheet, save_png
+    from fgbg.data.shards import SkipCounter, iter_clips
+    from fgbg.data.transforms import fit_clip
+
+    clip = next((c for c in iter_clips([os.path.join(ROOT, HELDOUT)], SkipCounter()) if c.key == key), None)
+    if clip is None:
+        sys.exit(f"[claims] sheet: no video {key} in {HELDOUT}")
+    res = np.load(os.path.join(eval_dir(rows[0]), "frames", f"{key}.npy")).shape[1]
+    truth = fit_clip(clip, res, res)
+    sheet = [{"frames": truth.frames, "pose": truth.pose, "tracks": truth.tracks, "visible": truth.visible,
+              "label": f"truth {key}"}]  # fmt: skip
+    for row in rows:
+        frames = np.load(os.path.join(eval_dir(row), "frames", f"{key}.npy"))
+        if frames.shape[1] != res:
+            k = res // frames.shape[1]
+            frames = frames.repeat(k, axis=1).repeat(k, axis=2)
+        sheet.append({"frames": frames, "label": row})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_png(contact_sheet(sheet, num_columns=10), path)
+
+
+def compare(rows: list[str], sheet: str | None = None) -> str:
     """The first of ``rows`` against each of the others, paired by video on every column: a Markdown table for
     rows evaluated without the whole benchmark (``report`` needs every row). Printed and returned."""
     if not rows or len(rows) < 2:
@@ -361,13 +387,15 @@ def compare(rows: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table, flush=True)
+    if sheet:  # the first held-out video every row has, truth then the rows
+        rows_sheet(rows, results[win]["per_sample"][0]["key"], sheet)
+        print(f"[claims] compare: sheet {sheet}", flush=True)
     return table
 
 
 def report(out_md: str) -> dict:
     import numpy as np
 
-    from fgbg.data.render import contact_sheet, save_png
 
     results = {}
     for row in ROWS:
@@ -417,23 +445,7 @@ def report(out_md: str) -> dict:
     fig.savefig(os.path.join(images, f"claims{SUFFIX}_drift.png"), dpi=110)
     plt.close(fig)
 
-    # Contact sheet: the first held-out video, truth then every row, tracks drawn on the truth.
-    from fgbg.data.shards import SkipCounter, iter_clips
-    from fgbg.data.transforms import fit_clip
-
-    clip = next(iter_clips([os.path.join(ROOT, HELDOUT)], SkipCounter()))
-    first = results["full"]["per_sample"][0]["key"]
-    res = np.load(os.path.join(eval_dir("full"), "frames", f"{first}.npy")).shape[1]
-    truth = fit_clip(clip, res, res)
-    rows = [{"frames": truth.frames, "pose": truth.pose, "tracks": truth.tracks, "visible": truth.visible,
-             "label": f"truth {first}"}]  # fmt: skip
-    for row in ROWS:
-        frames = np.load(os.path.join(eval_dir(row), "frames", f"{first}.npy"))
-        if frames.shape[1] != res:  # a lower-resolution row (the 32x32 pixel model): nearest upscale to the sheet's
-            k = res // frames.shape[1]
-            frames = frames.repeat(k, axis=1).repeat(k, axis=2)
-        rows.append({"frames": frames, "label": row})
-    save_png(contact_sheet(rows, num_columns=10), os.path.join(images, f"claims{SUFFIX}_sheet.png"))
+    rows_sheet(list(ROWS), results["full"]["per_sample"][0]["key"], os.path.join(images, f"claims{SUFFIX}_sheet.png"))
 
     lines = [
         "# Results: the claims benchmark" + (" on the tiny latent model at 64x64" if CONFIG == "latent" else ""),
@@ -736,6 +748,7 @@ def main() -> int:
         default=None,
         help="evaluate (rescore) only these rows (default: every row); compare: the first against the rest",
     )
+    ap.add_argument("--sheet", default=None, help="compare: also a contact sheet PNG of the first held-out video")
     ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
@@ -757,7 +770,7 @@ def main() -> int:
     if args.what in ("report", "all"):
         report(args.results)
     if args.what == "compare":  # --rows WIN OTHER ...: paired gains without the whole benchmark's rows
-        compare(args.rows)
+        compare(args.rows, args.sheet)
     return 0
 
 
