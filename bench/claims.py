@@ -363,13 +363,7 @@ def compare(rows: list[str], sheet: str | None = None) -> str:
     rows evaluated without the whole benchmark (``report`` needs every row). Printed and returned."""
     if not rows or len(rows) < 2:
         sys.exit("[claims] compare: give --rows WIN OTHER [OTHER ...] (the first row against each of the others)")
-    results = {}
-    for row in rows:
-        path = os.path.join(eval_dir(row), "metrics.json")
-        if not os.path.isfile(path):
-            sys.exit(f"[claims] compare: {path} missing; run `python bench/claims.py evaluate --rows {row}`")
-        with open(path) as f:
-            results[row] = json.load(f)
+    results = load_rows(rows)
     win = rows[0]
     lines = [f"| measure | {win} | " + " | ".join(f"{r} | gain over {r} ± SE" for r in rows[1:]) + " |",
              "|---|---|" + "---|---|" * (len(rows) - 1)]  # fmt: skip
@@ -393,17 +387,22 @@ def compare(rows: list[str], sheet: str | None = None) -> str:
     return table
 
 
+def load_rows(rows: list[str]) -> dict[str, dict]:
+    """Each row's ``metrics.json``; a missing one stops, naming it and the command that writes it."""
+    results = {}
+    for row in rows:
+        path = os.path.join(eval_dir(row), "metrics.json")
+        if not os.path.isfile(path):
+            sys.exit(f"[claims] {path} missing; run `python bench/claims.py evaluate --rows {row}`")
+        with open(path) as f:
+            results[row] = json.load(f)
+    return results
+
+
 def report(out_md: str) -> dict:
     import numpy as np
 
-
-    results = {}
-    for row in ROWS:
-        path = os.path.join(eval_dir(row), "metrics.json")
-        if not os.path.isfile(path):
-            sys.exit(f"[claims] {path} missing; run `python bench/claims.py evaluate`")
-        with open(path) as f:
-            results[row] = json.load(f)
+    results = load_rows(list(ROWS))
     training = {}
     for model in MODELS:
         training[model] = {}
