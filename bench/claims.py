@@ -578,6 +578,8 @@ def report(out_md: str) -> dict:
 
 CONFIG = "pixel"
 SUFFIX = ""  # file names of the latent config's report: claims_latent_sheet.png, bench/results/claims_latent.json
+# The demo-candidate recipe: pixel-space hints without link augmentation (each helped alone).
+PIXEL_NO_AUG = ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"]
 LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "experiment": "synthetic_tiny_latent_{stage}",
     "out": os.path.join(ROOT, "runs", "claims_latent"),
@@ -589,13 +591,8 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_hints": ["model.hint_space=pixel"],
         # The two changes that each helped, together (the candidate recipe for the demo model), and the same with
         # the person's pixels weighing 5x in the diffusion loss instead of the experiment's 2x.
-        "pixel_no_aug": ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"],
-        "pixel_no_aug_pw5": [
-            "model.hint_space=pixel",
-            "model.link_augment=null",
-            "model.video_trainable=[]",
-            "model.person_loss_weight=5.0",
-        ],  # fmt: skip
+        "pixel_no_aug": PIXEL_NO_AUG,
+        "pixel_no_aug_pw5": [*PIXEL_NO_AUG, "model.person_loss_weight=5.0"],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
@@ -648,27 +645,14 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         ),
         # The demo-candidate recipe: pixel-space hints without link augmentation (each helped alone), against
         # today's pixel model on issue 16's acceptance measures, and the person weighing 5x in its loss.
-        ("pixel hints without link augmentation beat the 32x32 pixel model", "pixel_no_aug", "pixel_32", "seam_score"),
-        (
-            "pixel hints without link augmentation beat the 32x32 pixel model",
-            "pixel_no_aug",
-            "pixel_32",
-            "colour_error_seen_background_last",
-        ),
-        (
-            "pixel hints without link augmentation beat the 32x32 pixel model",
-            "pixel_no_aug",
-            "pixel_32",
-            "appearance_hist",
-        ),
-        (
-            "pixel hints without link augmentation beat the 32x32 pixel model",
-            "pixel_no_aug",
-            "pixel_32",
-            "track_error_clip_frame",
-        ),
-        ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", "appearance_hist"),
-        ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", "psnr_person"),
+        *[
+            ("pixel hints without link augmentation beat the 32x32 pixel model", "pixel_no_aug", "pixel_32", key)
+            for key in ("seam_score", "colour_error_seen_background_last", "appearance_hist", "track_error_clip_frame")
+        ],
+        *[
+            ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", key)
+            for key in ("appearance_hist", "psnr_person")
+        ],
     ],
     "columns": [  # appearance and background structure (issue 16), and track error in frame widths
         ("colour_error_seen_background_last", "colour err bg seen by ref, clip 16", -1, "{:.2f}"),
