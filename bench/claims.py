@@ -26,7 +26,9 @@ trained with ``model.link_augment=null`` and nothing but motion modules in stage
 showed it) and ``pixel_32`` (the shipped 32x32 pixel demo model, today's baseline, on the same videos).
 Rows added since (each its own trained model, same budget): ``pixel_hints`` (``model.hint_space=pixel``),
 ``pixel_no_aug`` (pixel-space hints without link augmentation) and ``pixel_no_aug_pw5`` (the same with the
-person weighing 5x in the loss); baselines without a model: ``still_reference`` and ``vae_reconstruction``.
+person weighing 5x in the loss), ``pixel_no_aug_pw5_image`` / ``pixel_no_aug_pw10_image`` (5x / 10x in stage
+image only: a model's ``image:KEY=VALUE`` override reaches one stage); baselines without a model:
+``still_reference`` and ``vae_reconstruction``.
 """
 
 from __future__ import annotations
@@ -79,13 +81,27 @@ def ensure_data() -> None:
                        check=True)  # fmt: skip
 
 
+def stage_overrides(overrides: list[str], stage: str) -> list[str]:
+    """A model's overrides for one stage: ``image:KEY=VALUE`` / ``video:KEY=VALUE`` apply to that stage only,
+    the rest to both (``image:model.person_loss_weight=5.0``: the person weighs 5x in stage image alone)."""
+    out = []
+    for item in overrides:
+        prefix, sep, rest = item.partition(":")
+        if sep and prefix in BUDGET:
+            if prefix == stage:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
 def train_command(model: str, stage: str) -> list[str]:
     budget = BUDGET[stage]
     cmd = [
         bin_path("fgbg-train"), f"experiment={EXPERIMENT.format(stage=stage)}", f"task_name={stage}", f"run_name={model}",
         f"paths.log_dir={OUT}", f"seed={SEED}", "resume=auto", "logger=csv",
         f"trainer.max_steps={budget['max_steps']}", f"trainer.max_time={budget['max_time']}",
-    ] + MODELS[model] + MODELS_EXTRA[stage]  # fmt: skip
+    ] + stage_overrides(MODELS[model], stage) + MODELS_EXTRA[stage]  # fmt: skip
     if stage == "video":
         cmd.append(f"model.init_from={run_dir(model, 'image')}/checkpoints/image_ema.safetensors")
     return cmd
@@ -593,12 +609,18 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # the person's pixels weighing 5x in the diffusion loss instead of the experiment's 2x.
         "pixel_no_aug": PIXEL_NO_AUG,
         "pixel_no_aug_pw5": [*PIXEL_NO_AUG, "model.person_loss_weight=5.0"],
+        # The person weighing 5x / 10x in stage image only (stage video keeps its default 1x): does the
+        # background that pw5 loses go in stage image or in stage video (the motion modules)?
+        "pixel_no_aug_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0"],
+        "pixel_no_aug_pw10_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=10.0"],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
         "pixel_hints": ("pixel_hints", []),
         "pixel_no_aug": ("pixel_no_aug", []),
         "pixel_no_aug_pw5": ("pixel_no_aug_pw5", []),
+        "pixel_no_aug_pw5_image": ("pixel_no_aug_pw5_image", []),
+        "pixel_no_aug_pw10_image": ("pixel_no_aug_pw10_image", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),

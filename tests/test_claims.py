@@ -35,7 +35,7 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_six_models_and_reports_thirteen_rows(tmp_path):
+def test_claims_latent_config_trains_eight_models_and_reports_fifteen_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
     variants, the pixel baseline and two rows that generate nothing (the first frame held, the VAE's round trip)."""
     out = tmp_path / "claims_latent"
@@ -47,7 +47,8 @@ def test_claims_latent_config_trains_six_models_and_reports_thirteen_rows(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "claims.json").read_text())
     rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
-            "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5"}  # fmt: skip
+            "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5",
+            "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
     still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
@@ -61,7 +62,11 @@ def test_claims_latent_config_trains_six_models_and_reports_thirteen_rows(tmp_pa
     vae = json.loads((out / "eval" / "vae_reconstruction" / "metrics.json").read_text())
     assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
-                                        "pixel_no_aug_pw5"}  # fmt: skip
+                                        "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image"}  # fmt: skip
+    # `image:` overrides reach stage image only: stage video keeps the experiment's person weight (1x)
+    image = (out / "image" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
+    video = (out / "video" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
+    assert "person_loss_weight: 10.0" in image and "person_loss_weight: 1.0" in video and "hint_space: pixel" in video
     pw5 = (out / "image" / "runs" / "pixel_no_aug_pw5" / ".hydra" / "config.yaml").read_text()
     assert "person_loss_weight: 5.0" in pw5 and "hint_space: pixel" in pw5 and "link_augment: null" in pw5
     hints = (out / "image" / "runs" / "pixel_hints" / ".hydra" / "config.yaml").read_text()
@@ -75,6 +80,22 @@ def test_claims_latent_config_trains_six_models_and_reports_thirteen_rows(tmp_pa
     assert "appearance err person" in text and "64x64 latent beats the 32x32 pixel model" in text
     assert "colour err bg seen by ref" in text and "| still_reference |" in text
     assert (page.parent / "images" / "claims_latent_sheet.png").stat().st_size > 0
+
+
+def test_stage_scoped_overrides_reach_one_stage(monkeypatch):
+    """A model's `image:`/`video:` overrides go to that stage's command only; others to both."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import claims
+
+    monkeypatch.setitem(claims.MODELS, "m", ["model.hint_space=pixel", "image:model.person_loss_weight=5.0",
+                                             "video:model.optimizer.lr=1.0e-4"])  # fmt: skip
+    image, video = claims.train_command("m", "image"), claims.train_command("m", "video")
+    assert "model.person_loss_weight=5.0" in image and not any("person_loss_weight" in a for a in video)
+    assert "model.optimizer.lr=1.0e-4" in video and "model.optimizer.lr=1.0e-4" not in image
+    assert "model.hint_space=pixel" in image and "model.hint_space=pixel" in video
+    assert not any(a.startswith(("image:", "video:")) for a in image + video)
+    # the stage budget's own max_time (a value with colons) is left alone
+    assert f"trainer.max_time={claims.BUDGET['image']['max_time']}" in image
 
 
 def test_compare_pairs_rows_by_video(tmp_path):
