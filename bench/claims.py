@@ -613,6 +613,8 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # background that pw5 loses go in stage image or in stage video (the motion modules)?
         "pixel_no_aug_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0"],
         "pixel_no_aug_pw10_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=10.0"],
+        # The candidate's pose-only twin: do tracks still move the background with pixel-space hints?
+        "pixel_no_aug_no_tracks": [*PIXEL_NO_AUG, "model.use_tracks=false"],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
@@ -621,6 +623,7 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_no_aug_pw5": ("pixel_no_aug_pw5", []),
         "pixel_no_aug_pw5_image": ("pixel_no_aug_pw5_image", []),
         "pixel_no_aug_pw10_image": ("pixel_no_aug_pw10_image", []),
+        "pixel_no_aug_no_tracks": ("pixel_no_aug_no_tracks", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
@@ -674,6 +677,10 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         *[
             ("a person weighing 5x in the loss keeps the person", "pixel_no_aug_pw5", "pixel_no_aug", key)
             for key in ("appearance_hist", "psnr_person")
+        ],
+        *[
+            ("tracks move the background (demo candidate)", "pixel_no_aug", "pixel_no_aug_no_tracks", key)
+            for key in ("track_error_clip_px", "psnr_background")
         ],
     ],
     "columns": [  # appearance and background structure (issue 16), and track error in frame widths
@@ -729,7 +736,7 @@ MODELS_EXTRA: dict[str, list[str]] = {"image": [], "video": []}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "train", "evaluate", "rescore", "report", "compare", "all"])
+    ap.add_argument("what", choices=["data", "train", "evaluate", "rescore", "report", "compare", "overrides", "all"])
     ap.add_argument(
         "--models",
         nargs="+",
@@ -753,12 +760,20 @@ def main() -> int:
         default=None,
         help="evaluate (rescore) only these rows (default: every row); compare: the first against the rest",
     )
+    ap.add_argument("--stage", choices=list(BUDGET), default="image", help="overrides: of this stage")
     ap.add_argument("--sheet", default=None, help="compare: also a contact sheet PNG of the first held-out video")
     ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
     args = ap.parse_args()
     use_config(args.config)
+    if args.what == "overrides":  # --models M [--stage S]: M's Hydra overrides for stage S, one per line
+        if not args.models:
+            sys.exit("[claims] overrides: name the models (--models M ...)")
+        for model in args.models:
+            for item in stage_overrides(MODELS[model], args.stage):
+                print(item)
+        return 0
     page = "results_latent.md" if CONFIG == "latent" else "results.md"
     args.results = args.results or os.path.join(ROOT, "docs", page)
     args.image_steps = args.image_steps or BUDGET["image"]["max_steps"]

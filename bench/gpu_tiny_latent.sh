@@ -3,8 +3,8 @@
 #   1. fgbg-synth: 1024 training + 64 validation videos (CPU, 12 workers); meanwhile the SD-1.5-size training
 #      step of bench/train_step.py (random init, 512x512, sdpa), as bench/gpu_check.sh's first check
 #   2. experiment=synthetic_tiny_vae on synthetic + real frames (.gpu/real/*.tar when carried) -> the VAE folder
-#   3. three models of experiment=synthetic_tiny_latent_{image,video} side by side on the GPU (MODELS; recipes named as in
-#      bench/claims.py --config latent, EXTRA below): by default the demo candidate pixel_no_aug (pixel-space hints, no link
+#   3. three models of experiment=synthetic_tiny_latent_{image,video} side by side on the GPU (MODELS: models of
+#      bench/claims.py --config latent, their overrides from `claims.py overrides`): by default the demo candidate pixel_no_aug (pixel-space hints, no link
 #      augmentation), its pose-only twin pixel_no_aug_no_tracks, and pixel_no_aug_pw5 (person 5x in the loss);
 #      the same steps, data and seed, capped by time (the cap is reported)
 #   4. float16 bundles (VAE embedded) and logs into $OUT, for bench/claims.py --config latent and the demo
@@ -22,6 +22,9 @@ VIDEO_STEPS=${VIDEO_STEPS:-1200} VIDEO_TIME=${VIDEO_TIME:-00:00:01:10}
 VAE_STEPS=${VAE_STEPS:-2000} VAE_TIME=${VAE_TIME:-00:00:01:20}
 VAE_PERSON_WEIGHT=${VAE_PERSON_WEIGHT:-5}   # the person's pixels weigh 5x (CPU A/B, docs/model.md: +0.4 dB person)
 MODELS=${MODELS:-"pixel_no_aug pixel_no_aug_no_tracks pixel_no_aug_pw5"}
+# each model's overrides come from bench/claims.py (--config latent), per stage (`image:`-scoped ones included)
+# shellcheck disable=SC2086
+python3 bench/claims.py overrides --config latent --models $MODELS > /dev/null || { echo "MODELS: unknown model in $MODELS"; exit 2; }
 TRAINER=${TRAINER:-gpu} NUM_VIDEOS=${NUM_VIDEOS:-1024}   # TRAINER=default NUM_VIDEOS=16 ...: a dry run on a CPU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/logs/gpu.txt"
 python3 -c "import torch, diffusers, transformers, lightning, hydra; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" >> "$W/logs/gpu.txt" 2>&1
@@ -53,14 +56,6 @@ python3 -m fgbg.eval.vae "$VAE" data/synthetic/val-000000.tar --out "$W/logs/vae
 el "vae eval rc=$? $(grep psnr_mean "$W/logs/vae_eval.json")"
 
 # 3. three models, stage image then stage video, side by side
-NO_AUG="model.hint_space=pixel model.link_augment=null model.video_trainable=[]"
-declare -A EXTRA=([full]="" [no_link_aug]="model.link_augment=null model.video_trainable=[]"
-                  [no_tracks]="model.use_tracks=false" [pixel_hints]="model.hint_space=pixel"
-                  [pixel_no_aug]="$NO_AUG" [pixel_no_aug_no_tracks]="$NO_AUG model.use_tracks=false"
-                  [pixel_no_aug_pw5]="$NO_AUG model.person_loss_weight=5.0")
-for m in $MODELS; do
-  [ -n "${EXTRA[$m]+set}" ] || { echo "MODELS: unknown model $m (one of ${!EXTRA[*]})"; exit 2; }
-done
 for stage in image video; do
   for m in $MODELS; do
     steps=$IMAGE_STEPS; cap=$IMAGE_TIME; init=()
@@ -68,10 +63,10 @@ for stage in image video; do
       steps=$VIDEO_STEPS; cap=$VIDEO_TIME
       init=(model.init_from=$W/claims/image/runs/$m/checkpoints/image_ema.safetensors)
     fi
-    # shellcheck disable=SC2086
+    mapfile -t extra < <(python3 bench/claims.py overrides --config latent --models "$m" --stage $stage)
     python3 -m fgbg.train experiment=synthetic_tiny_latent_$stage "${COMMON[@]}" "${NOSAMPLES[@]}" task_name=$stage run_name=$m \
       paths.log_dir=$W/claims model.latent.pretrained=$VAE trainer.max_steps=$steps trainer.max_time=$cap \
-      data.num_workers=3 "${init[@]}" ${EXTRA[$m]} > "$W/logs/${stage}_$m.log" 2>&1 &
+      data.num_workers=3 "${init[@]}" "${extra[@]}" > "$W/logs/${stage}_$m.log" 2>&1 &
   done
   wait; el "stage $stage done: $(grep -h -o 'training done at step [0-9]*' $W/logs/${stage}_*.log | tr '\n' ' ')"
 done

@@ -35,7 +35,7 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_eight_models_and_reports_fifteen_rows(tmp_path):
+def test_claims_latent_config_trains_nine_models_and_reports_sixteen_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
     variants, the pixel baseline and two rows that generate nothing (the first frame held, the VAE's round trip)."""
     out = tmp_path / "claims_latent"
@@ -48,7 +48,7 @@ def test_claims_latent_config_trains_eight_models_and_reports_fifteen_rows(tmp_p
     summary = json.loads((out / "claims.json").read_text())
     rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
             "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5",
-            "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image"}  # fmt: skip
+            "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
     still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
@@ -62,7 +62,8 @@ def test_claims_latent_config_trains_eight_models_and_reports_fifteen_rows(tmp_p
     vae = json.loads((out / "eval" / "vae_reconstruction" / "metrics.json").read_text())
     assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
-                                        "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image"}  # fmt: skip
+                                        "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image",
+                                        "pixel_no_aug_no_tracks"}  # fmt: skip
     # `image:` overrides reach stage image only: stage video keeps the experiment's person weight (1x)
     image = (out / "image" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
     video = (out / "video" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
@@ -96,6 +97,24 @@ def test_stage_scoped_overrides_reach_one_stage(monkeypatch):
     assert not any(a.startswith(("image:", "video:")) for a in image + video)
     # the stage budget's own max_time (a value with colons) is left alone
     assert f"trainer.max_time={claims.BUDGET['image']['max_time']}" in image
+
+
+def test_overrides_command_prints_one_stage_of_a_models_overrides():
+    """`claims.py overrides` (what bench/gpu_tiny_latent.sh trains with): one override per line, the stage's own."""
+
+    def run(*args):
+        cmd = [sys.executable, "bench/claims.py", "overrides", "--config", "latent", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    image = run("--models", "pixel_no_aug_pw10_image", "--stage", "image")
+    video = run("--models", "pixel_no_aug_pw10_image", "--stage", "video")
+    assert image.returncode == 0 and video.returncode == 0, image.stderr + video.stderr
+    base = ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"]
+    assert image.stdout.splitlines() == [*base, "model.person_loss_weight=10.0"]
+    assert video.stdout.splitlines() == base
+    assert run("--models", "full").stdout == ""  # no overrides: no line (an empty argument would reach Hydra)
+    bad = run("--models", "bogus")
+    assert bad.returncode == 2 and "invalid choice: 'bogus'" in bad.stderr
 
 
 def test_compare_pairs_rows_by_video(tmp_path):
