@@ -153,6 +153,8 @@ def test_fgbg_train_vae_experiment_writes_a_loadable_folder(tmp_path):
     sheet = tmp_path / "sheet.png"
     metrics = evaluate_vae(str(folder), f"{val}/train-000000.tar", max_images=8, sheet=str(sheet), sheet_images=4)
     assert metrics["images"] == 8 and metrics["psnr_mean"] > 0 and metrics["lpips"] is None
+    # the person's own PSNR and appearance error (synthetic clips always show one); a random VAE is far off
+    assert 0 < metrics["psnr_person"] < 60 and metrics["appearance_person"] > 0
     from PIL import Image
 
     with Image.open(sheet) as im:  # 4 pairs of 64x64 frames, 3 pairs a row -> 2 rows, upscaled 3x

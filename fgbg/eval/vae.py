@@ -3,8 +3,10 @@
     python -m fgbg.eval.vae <run>/vae data/synthetic/val-000001.tar --out vae_eval.json [--lpips-weights W] \
         [--sheet vae_sheet.png]
 
-PSNR of every frame decoded from the posterior's mean (mean and 5th percentile), and LPIPS with local
-AlexNet weights when given (none are downloaded). ``--sheet`` writes a PNG of held-out frames beside their
+PSNR of every frame decoded from the posterior's mean (mean and 5th percentile), the person's PSNR and
+appearance error (``fgbg.eval.appearance``'s Lab-histogram EMD inside the shard's person mask: the floor of
+any latent model's person on this VAE, since the denoiser's frames go through the same decoder), and LPIPS
+with local AlexNet weights when given (none are downloaded). ``--sheet`` writes a PNG of held-out frames beside their
 reconstructions (evenly spaced over the set, three pairs per row, upscaled 3x) to look at.
 """
 
@@ -37,28 +39,39 @@ def evaluate_vae(
 
     from fgbg.data.shards import expand_shards, iter_clips
     from fgbg.data.transforms import fit_clip
+    from fgbg.eval.appearance import appearance_metrics
 
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
     images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     for clip in iter_clips(expand_shards(shards)):
         clip = fit_clip(clip, resolution, resolution)
         images.append(torch.from_numpy(np.array(clip.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        masks.append(torch.from_numpy(np.array(clip.masks))[:, None].float())
         if sum(len(x) for x in images) >= max_images:
             break
     if not images:
         raise ValueError(f"evaluate_vae: no clips in {shards!r}")
     x = torch.cat(images)[:max_images]
+    person = torch.cat(masks)[:max_images]
     lpips = None
     if lpips_weights:
         lpips = LPIPS(backbone_weights=lpips_weights).to(device).eval()
-    values, lp = [], []
-    for chunk in x.split(64):
-        chunk = chunk.to(device)
+    values, lp, person_psnr, appearance = [], [], [], []
+    for chunk, mask in zip(x.split(64), person.split(64), strict=True):
+        chunk, mask = chunk.to(device), mask.to(device)
         recon = vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
-        values.append(_psnr_from_mse(((recon - chunk) / 2).square().flatten(1).mean(1)).cpu())  # peak 1 on [0, 1]
+        err = ((recon - chunk) / 2).square()
+        values.append(_psnr_from_mse(err.flatten(1).mean(1)).cpu())  # peak 1 on [0, 1]
+        area = mask.flatten(1).sum(1) * 3
+        has = area > 0
+        person_psnr.append(_psnr_from_mse((err * mask).flatten(1).sum(1)[has] / area[has]).cpu())
+        app = appearance_metrics((recon + 1) / 2, (chunk + 1) / 2, mask)["appearance_hist"]
+        appearance.append(app[~app.isnan()])
         if lpips is not None:
             lp.append(lpips((recon + 1) / 2, (chunk + 1) / 2).cpu().flatten())
     v = torch.cat(values)
+    pv, av = torch.cat(person_psnr), torch.cat(appearance)
     if sheet:
         picks = torch.linspace(0, len(x) - 1, min(sheet_images, len(x))).round().long()
         pairs = x[picks].to(device)
@@ -70,6 +83,8 @@ def evaluate_vae(
         "resolution": resolution,
         "psnr_mean": float(v.mean()),
         "psnr_p05": float(v.quantile(0.05)),
+        "psnr_person": float(pv.mean()) if len(pv) else None,  # frames with a person; PSNR of its pixels
+        "appearance_person": float(av.mean()) if len(av) else None,  # Lab-histogram EMD, fgbg.eval.appearance
         "scaling_factor": float(vae.config.scaling_factor),
         "parameters": sum(p.numel() for p in vae.parameters()),
         "lpips": float(torch.cat(lp).mean()) if lp else None,
