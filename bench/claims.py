@@ -357,15 +357,21 @@ def rows_sheet(rows: list[str], key: str, path: str) -> None:
     from fgbg.data.shards import SkipCounter, iter_clips
     from fgbg.data.transforms import fit_clip
 
+    saved = {row: os.path.join(eval_dir(row), "frames", f"{key}.npy") for row in rows}
+    for row in [r for r in rows if not os.path.isfile(saved[r])]:  # e.g. metrics kept from an earlier run
+        print(f"[claims] sheet: row {row} has no saved frames ({saved[row]}); left out of the sheet", flush=True)
+    rows = [r for r in rows if os.path.isfile(saved[r])]
+    if not rows:
+        sys.exit(f"[claims] sheet: no row has saved frames of {key}; evaluate one (`evaluate --rows ...`)")
     clip = next((c for c in iter_clips([os.path.join(ROOT, HELDOUT)], SkipCounter()) if c.key == key), None)
     if clip is None:
         sys.exit(f"[claims] sheet: no video {key} in {HELDOUT}")
-    res = np.load(os.path.join(eval_dir(rows[0]), "frames", f"{key}.npy")).shape[1]
+    res = np.load(saved[rows[0]]).shape[1]
     truth = fit_clip(clip, res, res)
     sheet = [{"frames": truth.frames, "pose": truth.pose, "tracks": truth.tracks, "visible": truth.visible,
               "label": f"truth {key}"}]  # fmt: skip
     for row in rows:
-        frames = np.load(os.path.join(eval_dir(row), "frames", f"{key}.npy"))
+        frames = np.load(saved[row])
         if frames.shape[1] != res:
             k = res // frames.shape[1]
             frames = frames.repeat(k, axis=1).repeat(k, axis=2)

@@ -137,3 +137,8 @@ def test_compare_pairs_rows_by_video(tmp_path):
     assert "track err px" not in lines  # columns neither row has are left out
     proc = subprocess.run(cmd[:-1] + ["missing"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "eval/missing/metrics.json missing" in proc.stderr
+    # --sheet: rows kept as metrics only (no saved frames) are left out, with a note; none left is an error
+    proc = subprocess.run(cmd + ["--sheet", str(tmp_path / "sheet.png")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode != 0 and "row a has no saved frames" in proc.stdout
+    assert "no row has saved frames of v0" in proc.stderr and not (tmp_path / "sheet.png").exists()
