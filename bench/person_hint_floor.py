@@ -38,8 +38,9 @@ def measure(vae_dir: str, shards: str, clips: int = 32, batch_size: int = 8) -> 
     from fgbg.models.latent import VAELatent
     from fgbg.models.person_hint import person_hint
 
+    # the shards stand in for the training ones too: the datamodule checks that they exist (a fresh clone has none)
     overrides = ["experiment=synthetic_tiny_latent_video", "model.init_from=unused", f"data.val_shards={shards}",
-                 f"data.batch_size={batch_size}", "data.num_workers=0"]  # fmt: skip
+                 f"data.train_shards={shards}", f"data.batch_size={batch_size}", "data.num_workers=0"]  # fmt: skip
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     data = instantiate(cfg.data)
