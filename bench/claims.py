@@ -366,12 +366,12 @@ def rows_sheet(rows: list[str], key: str, path: str) -> None:
     clip = next((c for c in iter_clips([os.path.join(ROOT, HELDOUT)], SkipCounter()) if c.key == key), None)
     if clip is None:
         sys.exit(f"[claims] sheet: no video {key} in {HELDOUT}")
-    res = np.load(saved[rows[0]]).shape[1]
+    loaded = {row: np.load(saved[row]) for row in rows}
+    res = loaded[rows[0]].shape[1]
     truth = fit_clip(clip, res, res)
     sheet = [{"frames": truth.frames, "pose": truth.pose, "tracks": truth.tracks, "visible": truth.visible,
               "label": f"truth {key}"}]  # fmt: skip
-    for row in rows:
-        frames = np.load(saved[row])
+    for row, frames in loaded.items():
         if frames.shape[1] != res:
             k = res // frames.shape[1]
             frames = frames.repeat(k, axis=1).repeat(k, axis=2)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgbg.eval.metrics import LPIPS, _psnr_from_mse
+from fgbg.eval.metrics import LPIPS, _masked_mean, _psnr_from_mse
 
 
 @torch.no_grad()
@@ -63,15 +63,17 @@ def evaluate_vae(
         recon = vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
         err = ((recon - chunk) / 2).square()
         values.append(_psnr_from_mse(err.flatten(1).mean(1)).cpu())  # peak 1 on [0, 1]
-        area = mask.flatten(1).sum(1) * 3
-        has = area > 0
-        person_psnr.append(_psnr_from_mse((err * mask).flatten(1).sum(1)[has] / area[has]).cpu())
-        app = appearance_metrics((recon + 1) / 2, (chunk + 1) / 2, mask)["appearance_hist"]
-        appearance.append(app[~app.isnan()])
+        person_psnr.append(_psnr_from_mse(_masked_mean(err, mask)).cpu())  # NaN on a frame without a person
+        appearance.append(appearance_metrics((recon + 1) / 2, (chunk + 1) / 2, mask)["appearance_hist"])
         if lpips is not None:
             lp.append(lpips((recon + 1) / 2, (chunk + 1) / 2).cpu().flatten())
     v = torch.cat(values)
-    pv, av = torch.cat(person_psnr), torch.cat(appearance)
+
+    def present_mean(values: list[torch.Tensor]) -> float | None:  # over the frames that show a person
+        t = torch.cat(values)
+        t = t[~t.isnan()]
+        return float(t.mean()) if len(t) else None
+
     if sheet:
         picks = torch.linspace(0, len(x) - 1, min(sheet_images, len(x))).round().long()
         pairs = x[picks].to(device)
@@ -83,8 +85,8 @@ def evaluate_vae(
         "resolution": resolution,
         "psnr_mean": float(v.mean()),
         "psnr_p05": float(v.quantile(0.05)),
-        "psnr_person": float(pv.mean()) if len(pv) else None,  # frames with a person; PSNR of its pixels
-        "appearance_person": float(av.mean()) if len(av) else None,  # Lab-histogram EMD, fgbg.eval.appearance
+        "psnr_person": present_mean(person_psnr),  # PSNR of the person's pixels
+        "appearance_person": present_mean(appearance),  # Lab-histogram EMD, fgbg.eval.appearance
         "scaling_factor": float(vae.config.scaling_factor),
         "parameters": sum(p.numel() for p in vae.parameters()),
         "lpips": float(torch.cat(lp).mean()) if lp else None,
