@@ -630,6 +630,10 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_no_aug_pw5_image": ("pixel_no_aug_pw5_image", []),
         "pixel_no_aug_pw10_image": ("pixel_no_aug_pw10_image", []),
         "pixel_no_aug_no_tracks": ("pixel_no_aug_no_tracks", []),
+        # The candidate with its hints' pixels pasted into every predicted clean frame for all sampling steps
+        # (generation's hint_anchor; no retraining), and today's 32x32 demo model given the same option.
+        "pixel_no_aug_pw5_image_anchor": ("pixel_no_aug_pw5_image", ["hint_anchor=1.0"]),
+        "pixel_32_anchor": ("bundle:fgbg/assets/demo_model.safetensors", ["hint_anchor=1.0"]),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),

@@ -195,7 +195,7 @@ def _link_augment_problems(model: DictConfig) -> list[str]:
 
 def check_generate_config(cfg: DictConfig) -> None:
     """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0; ``link_mode``
-    one of channels, noise_init, both; ``link_noise`` and ``link_init_weight`` in [0, 1]."""
+    one of channels, noise_init, both; ``link_noise``, ``link_init_weight`` and ``hint_anchor`` in [0, 1]."""
     guidance = plain(cfg.get("guidance")) or {}
     problems = [
         f"guidance.{name}={scale!r}: expected a classifier-free guidance scale >= 0"
@@ -205,7 +205,8 @@ def check_generate_config(cfg: DictConfig) -> None:
     mode = cfg.get("link_mode", "channels")
     if mode not in ("channels", "noise_init", "both"):
         problems.append(f"link_mode={mode!r}: expected channels, noise_init or both")
-    for key, what in (("link_noise", "a fraction of the diffusion schedule"), ("link_init_weight", "a weight")):
+    for key, what in (("link_noise", "a fraction of the diffusion schedule"), ("link_init_weight", "a weight"),
+                      ("hint_anchor", "a fraction of the sampling steps")):  # fmt: skip
         value = cfg.get(key, 0.0)
         if not (_number(value) and 0 <= value <= 1):
             problems.append(f"{key}={value!r}: expected {what} in [0, 1]")

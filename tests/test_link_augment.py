@@ -397,13 +397,15 @@ def test_init_from_a_bundle_without_the_level_channel():
 
 
 def test_generate_cli_takes_the_link_keys(tmp_path):
-    """The real fgbg-generate (a subprocess): link_mode=both with link_noise runs; a bad link_mode is refused first."""
+    """The real fgbg-generate (a subprocess): link_mode=both with link_noise (and hint_anchor) runs; a bad link_mode
+    is refused first."""
     bundle = save_tiny_bundle(tmp_path / "tiny.safetensors", clip_len=2)
     example = REPO / "fgbg" / "assets" / "examples" / "dance_pan"
     args = [sys.executable, "-m", "fgbg.generate", f"ckpt_path={bundle}", f"reference={example}.png",
             f"reference_mask={example}_mask.png", f"reference_keypoints={example}.tar", f"motion={example}.tar",
             "camera=static", "num_frames=4", "steps=2", "gif=false", "device=cpu"]  # fmt: skip
-    ok = subprocess.run([*args, f"output_dir={tmp_path / 'ok'}", "link_mode=both", "link_noise=0.05"],
+    ok = subprocess.run([*args, f"output_dir={tmp_path / 'ok'}", "link_mode=both", "link_noise=0.05",
+                         "hint_anchor=0.5"],
                         cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "4 frames in 2 clips" in ok.stdout and (tmp_path / "ok" / "video.mp4").is_file()

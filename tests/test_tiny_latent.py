@@ -203,6 +203,25 @@ def test_latent_model_trains_a_step(vae_dir, stage):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 
 
+def test_hint_anchor_pastes_the_hint_through_the_vae():
+    """generation's hint_anchor on a latent model: the paste goes through the VAE's decoder and encoder (the
+    shipped tiny VAE: a random one reconstructs nothing), and the decoded frames come closer to the hint's pixels
+    where the hint is valid (tests/test_hint_anchor.py: pixel space)."""
+    from tests.test_hint_anchor import anchor_of, sample, setup
+
+    torch.manual_seed(0)
+    model = instantiate(latent_cfg(REPO / "fgbg" / "assets" / "tiny_vae", hint_space="pixel")).eval()
+    ctx, cond = setup(model)
+    pixels, weight = anchor_of(model, ctx, cond)
+    covered = (weight > 0.99).unflatten(0, (1, 2))
+    hint = pixels.unflatten(0, (1, 2)).clamp(-1, 1)
+    err = lambda x: (x - hint).abs().mul(covered).sum().item() / (3 * covered.sum().item())  # noqa: E731
+    free, anchored = sample(model, ctx, cond), sample(model, ctx, cond, hint_anchor=1.0)
+    floor = err(model.latent.decode(model.latent.encode(hint.flatten(0, 1), mean=True)).unflatten(0, (1, 2)))
+    assert torch.isfinite(anchored).all() and err(anchored) < 0.5 * err(free), (err(anchored), err(free))
+    assert err(anchored) < floor + 0.1, ("near the VAE's own round trip of the hint", err(anchored), floor)
+
+
 def test_bundle_embeds_a_small_vae_and_stands_alone(vae_dir, tmp_path):
     import shutil
 

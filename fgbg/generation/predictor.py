@@ -21,6 +21,8 @@ How the link reaches the next clip (``docs/generation.md``): ``link_mode`` ``cha
 (the link input channels, the default), ``noise_init`` (the next clip's starting noise
 is mixed with the noised link latent, weight ``link_init_weight``) or ``both``;
 ``link_noise`` noises the link given as channels to that fraction of the schedule.
+``hint_anchor`` (every clip, not only linked ones) resets the cells a hint covers to the noised hint for
+that fraction of the sampling steps (``FgbgModule.sample_clip``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from fgbg.models.module import LINK_DEFAULTS, check_link_options
+from fgbg.models.module import LINK_DEFAULTS, SAMPLE_DEFAULTS, check_hint_anchor, check_link_options
 
 
 class LongVideoPredictor(L.LightningModule):
@@ -47,12 +49,15 @@ class LongVideoPredictor(L.LightningModule):
         link_mode: str = LINK_DEFAULTS["link_mode"],
         link_noise: float = LINK_DEFAULTS["link_noise"],
         link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
+        hint_anchor: float = SAMPLE_DEFAULTS["hint_anchor"],
     ):
         super().__init__()
         check_link_options(link_mode, link_noise, link_init_weight)
+        check_hint_anchor(hint_anchor)
         # Passed to sample_clip only when not at its defaults (today's call, and models without these options).
-        given = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight}
-        self.link_options = {k: v for k, v in given.items() if v != LINK_DEFAULTS[k]}
+        given = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight,
+                 "hint_anchor": hint_anchor}  # fmt: skip
+        self.link_options = {k: v for k, v in given.items() if v != SAMPLE_DEFAULTS[k]}
         self.link = link
         self.reference_every_clip = reference_every_clip
         self.model = model
@@ -77,7 +82,7 @@ class LongVideoPredictor(L.LightningModule):
             int(cfg.seed),
             link=bool(cfg.get("link", True)),
             reference_every_clip=bool(cfg.get("reference_every_clip", True)),
-            **{k: cfg.get(k, default) for k, default in LINK_DEFAULTS.items()},
+            **{k: cfg.get(k, default) for k, default in SAMPLE_DEFAULTS.items()},
         )
 
     def on_predict_start(self) -> None:

@@ -166,6 +166,9 @@ def parse_link_augment(value) -> dict | None:
 
 # Generation's link options at their defaults (``sample_clip``'s; the predictor passes only the ones changed).
 LINK_DEFAULTS = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
+# All of generation's options beyond steps, sampler and guidance: the link's, and ``hint_anchor`` (the fraction of
+# the sampling steps during which the latents where a hint is valid are reset to the noised hint; 0 = off).
+SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0}
 
 
 def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
@@ -176,6 +179,12 @@ def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
         raise ValueError(f"link_noise={link_noise!r}: expected a fraction of the diffusion schedule in [0, 1]")
     if not _rate(link_init_weight):
         raise ValueError(f"link_init_weight={link_init_weight!r}: expected a weight in [0, 1]")
+
+
+def check_hint_anchor(hint_anchor) -> None:
+    """Generation's ``hint_anchor``: a fraction of the sampling steps in [0, 1]; raises naming the key."""
+    if not _rate(hint_anchor):
+        raise ValueError(f"hint_anchor={hint_anchor!r}: expected a fraction of the sampling steps in [0, 1]")
 
 
 class FgbgModule(L.LightningModule):
@@ -467,17 +476,7 @@ class FgbgModule(L.LightningModule):
         }
         source = ctx.image.to(self.dtype) if self.hint_space == "pixel" else ctx.latent
         if self.use_motion_hint:
-            out["hint"] = motion_hint(
-                source,
-                ctx.mask,
-                cond["tracks"].to(ctx.latent.dtype),
-                cond["track_visible"].bool(),
-                cond["track_anchor"].to(ctx.latent.dtype),
-                cond["track_anchor_visible"].bool(),
-                ctx.image_size,
-                self.hint_mask_dilation,
-                self.motion_hint_fit,
-            )
+            out["hint"] = self._motion_hint(source, ctx, cond)
         if self.use_person_hint:
             out["person_hint"] = person_hint(
                 source,
@@ -490,8 +489,23 @@ class FgbgModule(L.LightningModule):
         if self.hint_space == "pixel":
             for key in ("hint", "person_hint"):
                 if out[key] is not None:
+                    out[f"{key}_pixels"] = out[key]  # kept for generation's hint_anchor
                     out[key] = self._encode_hint(out[key], ctx.latent.shape[-2:])
         return out
+
+    def _motion_hint(self, source: torch.Tensor, ctx: ReferenceContext, cond: Mapping) -> torch.Tensor:
+        """``motion_hint`` of ``source`` (the reference latent or image) with this model's options."""
+        return motion_hint(
+            source,
+            ctx.mask,
+            cond["tracks"].to(ctx.latent.dtype),
+            cond["track_visible"].bool(),
+            cond["track_anchor"].to(ctx.latent.dtype),
+            cond["track_anchor_visible"].bool(),
+            ctx.image_size,
+            self.hint_mask_dilation,
+            self.motion_hint_fit,
+        )
 
     def _encode_hint(self, hint: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """A pixel-space hint (B, T, 3 + 1, H, W) -> (B, T, c + 1, h, w): the colours through the frozen latent
@@ -847,6 +861,7 @@ class FgbgModule(L.LightningModule):
         link_mode: str = LINK_DEFAULTS["link_mode"],
         link_noise: float = LINK_DEFAULTS["link_noise"],
         link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
+        hint_anchor: float = SAMPLE_DEFAULTS["hint_anchor"],
     ) -> torch.Tensor:
         """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
 
@@ -864,8 +879,15 @@ class FgbgModule(L.LightningModule):
         (the starting noise: ``initial_latents``) or ``both``. link_noise: with the channels, the link latent is
         noised to this fraction of the schedule (``noise_link``; a model with ``link_augment`` also sees the level).
         link_init_weight: the noised link's weight in the starting noise (``noise_init``/``both``).
+        hint_anchor: for this fraction of the sampling steps (the first, noisiest ones), each step's predicted
+        clean frames get the hints' pixels pasted where the hints are valid (``hint_anchor_pixels``: the
+        reference warped to the pose and by the tracks), and the next latents move by what that paste changes
+        in the clean latents (``_anchor_correction``; as inpainting keeps a known region). The warped
+        reference's colours are then where generation goes rather than what a small denoiser may or may not
+        copy; the last steps run free, to blend the pasted pixels with the rest. 0 is off.
         """
         check_link_options(link_mode, link_noise, link_init_weight)
+        check_hint_anchor(hint_anchor)
         missing = [k for k in COND_KEYS if k not in cond]
         if missing:
             raise KeyError(f"sample_clip: cond lacks {missing}")
@@ -911,10 +933,13 @@ class FgbgModule(L.LightningModule):
             (scale, keep, self.denoise_plan(ctx, static, keep, link_latent, link_on, link_level))
             for scale, keep in keeps
         ]
+        timesteps = sampler.timesteps
+        anchor_steps = round(hint_anchor * len(timesteps))
+        anchor = self.hint_anchor_pixels(ctx, cond, static, all_on) if anchor_steps > 0 else None
         reuse = self.reuse_in_sampling and not self.fsdp_units
         with self._fixed_pose_embedding(static["pose"], reuse and any(plan["run_pose"] for *_, plan in passes)):
             with self.bank.reuse_projections(reuse):
-                for step_t in sampler.timesteps:
+                for i, step_t in enumerate(timesteps):
                     model_in = sampler.scale_model_input(latents, step_t)
                     tt = step_t.reshape(1).expand(b).to(dev)
                     full = self.denoise(model_in, tt, ctx, static, all_on, plan=passes[0][2])
@@ -923,8 +948,73 @@ class FgbgModule(L.LightningModule):
                         without = self.denoise(model_in, tt, ctx, static, keep, plan=plan)
                         out = out + (scale - 1.0) * (full - without)
                     latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
+                    if anchor is not None and i < anchor_steps:
+                        delta = self._anchor_correction(model_in, out, step_t, anchor)
+                        if i + 1 < len(timesteps):  # x0's change as it enters the next latents (add_noise is linear)
+                            delta = sampler.add_noise(delta, torch.zeros_like(delta), timesteps[i + 1 : i + 2])
+                        latents = latents + delta.to(latents.dtype)
         frames = self.latent.decode(latents.flatten(0, 1))
         return frames.unflatten(0, (b, t)).clamp(-1, 1)
+
+    def hint_anchor_pixels(
+        self, ctx: ReferenceContext, cond: Mapping, static: Mapping, keep: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What ``hint_anchor`` pastes into each predicted frame: (pixels (B*T, 3, H, W), weight (B*T, 1, H, W)),
+        or None when the clip has no hint in use.
+
+        The hints in pixel space (the reference warped by the tracks and bone by bone to the pose, whatever the
+        model's ``hint_space``): the person hint where it is valid, the motion hint where it is valid outside the
+        frame's body region (the person, not the reference's background, stands there). A hint counts only where
+        its conditions are kept, as in ``denoise_plan``: the motion hint needs the reference and the tracks, the
+        person hint the reference and the pose."""
+        if ctx.image is None:
+            raise ValueError("hint_anchor: the reference context has no pixel image to warp (encode_reference's)")
+        source = ctx.image.to(self.dtype)
+        pixels, weight = None, None
+        if self.use_person_hint and static.get("person_hint") is not None:
+            hint = static.get("person_hint_pixels")
+            if hint is None:
+                hint = person_hint(source, ctx.mask, cond["reference_keypoints"].to(self.dtype),
+                                   cond["keypoints"].to(self.dtype), ctx.image_size, radius=self.person_hint_radius)  # fmt: skip
+            kept = (keep["reference"] & keep["pose"]).to(self.dtype)[:, None, None, None, None]
+            pixels, weight = hint[:, :, :3], hint[:, :, 3:] * kept
+        if self.use_motion_hint and static.get("hint") is not None:
+            hint = static.get("hint_pixels")
+            if hint is None:
+                hint = self._motion_hint(source, ctx, cond)
+            kept = (keep["reference"] & keep["tracks"]).to(self.dtype)[:, None, None, None, None]
+            body = cond["body_region"].to(self.dtype)
+            valid = hint[:, :, 3:] * (1.0 - body) * kept
+            if pixels is None:
+                pixels, weight = hint[:, :, :3], valid
+            else:
+                fill = valid * (1.0 - weight)
+                pixels, weight = pixels * weight + hint[:, :, :3] * fill, weight + fill
+        if weight is None or not bool(weight.any()):
+            return None
+        return pixels.flatten(0, 1), weight.flatten(0, 1)
+
+    def _anchor_correction(
+        self, model_in: torch.Tensor, out: torch.Tensor, step_t: torch.Tensor, anchor: tuple
+    ) -> torch.Tensor:
+        """The change ``hint_anchor`` makes to this step's predicted clean latents (B, T, c, h, w): decode the
+        prediction, paste the hint's pixels by their weight, and take the difference of the two encodings (only
+        what the pasted pixels change; the rest of the latent stays the model's, with no round trip's loss).
+        model_in is the sampler's scaled input, the variance-preserving x_t for every sampler here."""
+        alpha = self.noise_scheduler.alphas_cumprod.to(model_in.device)[step_t.long()].to(model_in.dtype)
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            x0 = (model_in - (1 - alpha).sqrt() * out) / alpha.sqrt()
+        elif kind == "v_prediction":
+            x0 = alpha.sqrt() * model_in - (1 - alpha).sqrt() * out
+        else:
+            x0 = out
+        pixels, weight = anchor
+        flat = x0.flatten(0, 1)
+        decoded = self.latent.decode(flat).to(pixels.dtype)
+        pasted = weight * pixels + (1.0 - weight) * decoded
+        delta = self.latent.encode(pasted, mean=True) - self.latent.encode(decoded, mean=True)
+        return delta.to(x0.dtype).unflatten(0, x0.shape[:2])
 
     def initial_latents(
         self,
