@@ -208,6 +208,8 @@ def check_generate_config(cfg: DictConfig) -> None:
     for key, what in (("link_noise", "a fraction of the diffusion schedule"), ("link_init_weight", "a weight"),
                       ("hint_anchor", "a fraction of the sampling steps")):  # fmt: skip
         value = cfg.get(key, 0.0)
+        if value is None and key == "hint_anchor":  # null: the model bundle's recommendation
+            continue
         if not (_number(value) and 0 <= value <= 1):
             problems.append(f"{key}={value!r}: expected {what} in [0, 1]")
     if problems:

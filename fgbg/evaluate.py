@@ -44,7 +44,7 @@ from fgbg.eval import (
 )
 from fgbg.generate import load_model, model_data_settings, pick_device
 from fgbg.generation.motion import DrivingMotion
-from fgbg.generation.predictor import LongVideoPredictor
+from fgbg.generation.predictor import LongVideoPredictor, sampling_options
 from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = model_data_settings(cfg.ckpt_path)
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
-    predictor = LongVideoPredictor.from_config(model, cfg)
+    predictor = LongVideoPredictor.from_config(model, cfg, data.get("generation"))
     distributions = _distribution_metrics(cfg)
     lpips = None
     if cfg.get("lpips_backbone"):
@@ -245,7 +245,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "shards": shards,
         "samples": len(per_sample),
         "skipped": counter.as_dict(),
-        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "settings": OmegaConf.to_container(cfg, resolve=True)
+        | {"sampling": sampling_options(cfg, data.get("generation"))},  # null keys resolved as the model recommends
         **_summary(per_sample),
         **{name: _compute_distribution(name, metric) for name, metric in distributions.items()},
         "per_sample": per_sample,

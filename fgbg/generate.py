@@ -30,7 +30,7 @@ from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
 from fgbg.generation.camera import CameraPreset
 from fgbg.generation.inputs import InputError, load_pose, load_reference
 from fgbg.generation.motion import DrivingMotion
-from fgbg.generation.predictor import LongVideoPredictor
+from fgbg.generation.predictor import LongVideoPredictor, sampling_options
 from fgbg.generation.sources import load_motion_arrays
 from fgbg.utils.config import CONF_DIR
 
@@ -49,7 +49,7 @@ def model_data_settings(ckpt_path: str) -> dict[str, Any]:
         run_cfg = OmegaConf.load(cfg_path)
         return OmegaConf.to_container(run_cfg.data, resolve=False) | {"stage": run_cfg.model.stage}
     info = read_bundle_info(path)
-    return info.data | {"stage": info.extra.get("stage", "video")}
+    return info.data | {"stage": info.extra.get("stage", "video"), "generation": info.extra.get("generation", {})}
 
 
 def load_model(ckpt_path: str, ema: bool = True, device: str = "cpu") -> torch.nn.Module:
@@ -260,7 +260,9 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
     output_dir = Path(cfg.output_dir)
     check_outputs(output_dir, bool(cfg.overwrite))
     device = pick_device(cfg.device)
-    jobs, info = prepare_jobs(cfg, model_data_settings(cfg.ckpt_path))  # every input checked before model work
+    data = model_data_settings(cfg.ckpt_path)
+    jobs, info = prepare_jobs(cfg, data)  # every input checked before model work
+    info["sampling"] = sampling_options(cfg, data.get("generation"))  # a null key: the bundle's recommendation
     t0 = time.perf_counter()
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
     load_seconds = time.perf_counter() - t0
@@ -271,7 +273,7 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
         callbacks=[writer, StepProgress(), *(callbacks or [])],  # per clip: a bar on a terminal, else log lines
         enable_progress_bar=True, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
-    predictor = LongVideoPredictor.from_config(model, cfg)
+    predictor = LongVideoPredictor.from_config(model, cfg, data.get("generation"))
     trainer.predict(predictor, datamodule=VideoJobsDataModule(jobs), return_predictions=False)
     log.info("wrote %s", ", ".join(sorted(writer.paths.values())))
     import json

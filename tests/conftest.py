@@ -50,8 +50,11 @@ def run_synth(out: Path, num_videos: int = 4, videos_per_shard: int | None = Non
     return out
 
 
-def save_tiny_bundle(path: Path, resolution: int = 16, clip_len: int = 4, max_tracks: int = 12, seed: int = 0) -> Path:
-    """Save a seeded tiny random model (``tests.test_model.small_model_cfg``) as a self-describing bundle at ``path``."""
+def save_tiny_bundle(
+    path: Path, resolution: int = 16, clip_len: int = 4, max_tracks: int = 12, seed: int = 0, extra: dict | None = None
+) -> Path:
+    """Save a seeded tiny random model (``tests.test_model.small_model_cfg``) as a self-describing bundle at ``path``
+    (``extra``: its metadata's extra, e.g. ``{"generation": {"hint_anchor": 1.0}}``)."""
     import torch
     from hydra.utils import instantiate
 
@@ -61,7 +64,7 @@ def save_tiny_bundle(path: Path, resolution: int = 16, clip_len: int = 4, max_tr
     torch.manual_seed(seed)
     model_cfg = small_model_cfg()
     data = {"resolution": resolution, "clip_len": clip_len, "max_tracks": max_tracks}
-    save_bundle(instantiate(model_cfg), path, model_cfg, data)
+    save_bundle(instantiate(model_cfg), path, model_cfg, data, extra=extra)
     return path
 
 

@@ -92,3 +92,24 @@ def test_bad_hint_anchor_is_named():
     assert LongVideoPredictor(model, hint_anchor=0.5).link_options == {"hint_anchor": 0.5}
     with pytest.raises(ConfigError, match=r"hint_anchor='all': expected a fraction of the sampling steps in \[0, 1\]"):
         check_generate_config(OmegaConf.create({"guidance": {}, "hint_anchor": "all"}))
+
+
+def test_a_bundle_recommends_hint_anchor_and_a_given_value_wins(tmp_path):
+    """fgbg-generate (in process) on a bundle whose metadata recommends hint_anchor=1: left null it is used (and
+    recorded in generation.json), given it is the user's; the anchored video differs."""
+    import numpy as np
+
+    from fgbg.data.video import read_video
+    from fgbg.generate import model_data_settings
+    from tests.conftest import REPO, save_tiny_bundle
+    from tests.test_link_augment import generate_with
+
+    bundle = save_tiny_bundle(tmp_path / "tiny.safetensors", clip_len=2, extra={"generation": {"hint_anchor": 1.0}})
+    assert model_data_settings(str(bundle))["generation"] == {"hint_anchor": 1.0}
+    example = REPO / "fgbg" / "assets" / "examples" / "dance_pan"
+    runs = {"recommended": [], "off": ["hint_anchor=0.0"]}
+    reports = {name: generate_with(tmp_path / name, bundle, example, *args) for name, args in runs.items()}
+    assert reports["recommended"]["settings"]["resolved"]["sampling"]["hint_anchor"] == 1.0
+    assert reports["off"]["settings"]["resolved"]["sampling"]["hint_anchor"] == 0.0
+    a, b = (read_video(str(tmp_path / name / "video.mp4"))[0].astype(np.float32) for name in runs)
+    assert np.abs(a - b).mean() > 1.0

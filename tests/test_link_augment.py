@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from fgbg.config_checks import ConfigError, check_generate_config, check_train_config
 from fgbg.data.video import read_video
 from fgbg.generation.predictor import LongVideoPredictor
-from fgbg.models.bundle import bundle_names, load_bundle
+from fgbg.models.bundle import bundle_names, load_bundle, read_bundle_info
 from fgbg.models.checkpoint import load_stage_weights, save_stage_weights, stage_state
 from fgbg.models.module import COND_KEYS
 from fgbg.utils.config import CONF_DIR
@@ -361,6 +361,15 @@ def test_training_with_link_augment_then_video_with_conv_in(tmp_path, synth_shar
         "denoiser.unet.conv_in"
     ]
     assert torch.equal(model.denoiser.unet.conv_in.weight, after)
+    # the bundle CLI records the sampling settings a bundle recommends; a bad one is refused before any writing
+    from fgbg.models.bundle import main as bundle_main
+
+    bundle_main([str(tmp_path / "vid"), str(tmp_path / "rec.safetensors"), "--raw", "--generation", "hint_anchor=1.0"])
+    assert read_bundle_info(tmp_path / "rec.safetensors").extra["generation"] == {"hint_anchor": 1.0}
+    for bad in ("hint_anchor=2", "anchor=1", "link_mode=noise"):
+        with pytest.raises(SystemExit):
+            bundle_main([str(tmp_path / "vid"), str(tmp_path / "bad.safetensors"), "--generation", bad])
+        assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_init_from_a_bundle_without_the_level_channel():

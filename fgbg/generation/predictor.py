@@ -36,6 +36,16 @@ import torch
 from fgbg.models.module import LINK_DEFAULTS, SAMPLE_DEFAULTS, check_hint_anchor, check_link_options
 
 
+def sampling_options(cfg, recommended: dict | None = None) -> dict[str, Any]:
+    """The link and hint keys (``SAMPLE_DEFAULTS``) of a generate/evaluate config. A key left null (``hint_anchor``
+    is, by default) takes the model's recommendation, a bundle's ``generation`` metadata (``python -m
+    fgbg.models.bundle RUN OUT --generation hint_anchor=1.0``), else the default; a value given wins."""
+    recommended = dict(recommended or {})
+    return {
+        k: recommended.get(k, default) if cfg.get(k) is None else cfg.get(k) for k, default in SAMPLE_DEFAULTS.items()
+    }
+
+
 class LongVideoPredictor(L.LightningModule):
     def __init__(
         self,
@@ -70,8 +80,9 @@ class LongVideoPredictor(L.LightningModule):
         self.clip_seconds: list[float] = []
 
     @classmethod
-    def from_config(cls, model: torch.nn.Module, cfg) -> LongVideoPredictor:
-        """From the sampling keys shared by ``conf/generate.yaml`` and ``conf/evaluate.yaml``."""
+    def from_config(cls, model: torch.nn.Module, cfg, recommended: dict | None = None) -> LongVideoPredictor:
+        """From the sampling keys shared by ``conf/generate.yaml`` and ``conf/evaluate.yaml``; a null link or
+        hint key takes the model's ``recommended`` value (``sampling_options``)."""
         from omegaconf import OmegaConf
 
         return cls(
@@ -82,7 +93,7 @@ class LongVideoPredictor(L.LightningModule):
             int(cfg.seed),
             link=bool(cfg.get("link", True)),
             reference_every_clip=bool(cfg.get("reference_every_clip", True)),
-            **{k: cfg.get(k, default) for k, default in SAMPLE_DEFAULTS.items()},
+            **sampling_options(cfg, recommended),
         )
 
     def on_predict_start(self) -> None:

@@ -8,7 +8,7 @@ the renderers' settings, so conditions at generation time are drawn exactly as
 in training). Frozen pretrained parts (a VAE, a CLIP backbone) are not copied:
 the config names their local folders.
 
-    python -m fgbg.models.bundle RUN_DIR OUT.safetensors [--raw] [--half]
+    python -m fgbg.models.bundle RUN_DIR OUT.safetensors [--raw] [--half] [--generation hint_anchor=1.0]
 
 makes a bundle from a training run folder (its ``.hydra/config.yaml`` and
 ``checkpoints/{stage}[_ema].safetensors``; a stage-``video`` run takes its
@@ -16,7 +16,9 @@ stage-``image`` weights from ``model.init_from``). A small VAE (the tiny latent 
 ``EMBED_LATENT_MAX_PARAMS``) is the exception: when its weights are the VAE shipped in ``fgbg/assets``
 (``tiny_vae``) the bundle names that asset and records its weights' SHA-256, which loading checks (a retrained
 asset cannot silently decode an old bundle's latents); any other small VAE is embedded, so the bundle stands
-alone (``--embed-vae`` embeds the shipped one too).
+alone (``--embed-vae`` embeds the shipped one too). ``--generation KEY=VALUE`` records sampling settings
+the bundle recommends (the link options and ``hint_anchor``): ``fgbg-generate``/``fgbg-evaluate`` and the demo
+page use them where the config leaves the key null (``hint_anchor`` is null by default).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import hydra
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -236,16 +239,42 @@ def bundle_from_run(
     return save_bundle(module, out, cfg.model, cfg.data, half=half, extra=info, embed_vae=embed_vae)
 
 
+def recommended_generation(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> the sampling settings a bundle recommends (its ``generation`` metadata), checked:
+    the keys of ``fgbg.models.module.SAMPLE_DEFAULTS`` (the link options and ``hint_anchor``)."""
+    from fgbg.models.module import SAMPLE_DEFAULTS, check_hint_anchor, check_link_options
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in SAMPLE_DEFAULTS:
+            raise ValueError(f"--generation {pair!r}: expected KEY=VALUE with KEY one of {sorted(SAMPLE_DEFAULTS)}")
+        out[key] = yaml.safe_load(value)
+    options = SAMPLE_DEFAULTS | out
+    check_link_options(options["link_mode"], options["link_noise"], options["link_init_weight"])
+    check_hint_anchor(options["hint_anchor"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="training run folder (holds .hydra/config.yaml and checkpoints/)")
     p.add_argument("out", help="bundle to write (.safetensors)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--half", action="store_true", help="store float16 (half the size; loaded back as float32)")
+    p.add_argument("--generation", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="sampling settings the bundle recommends (fgbg-generate/evaluate use them where the key is "
+                        "left null), e.g. hint_anchor=1.0")  # fmt: skip
     p.add_argument("--embed-vae", action="store_true",
                    help="embed a small VAE even when it is the one shipped in fgbg/assets (a self-contained file)")  # fmt: skip
     args = p.parse_args(argv)
-    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half, embed_vae=args.embed_vae)
+    try:
+        generation = recommended_generation(args.generation)
+    except ValueError as err:
+        p.error(str(err))
+    extra = {"generation": generation} if generation else None
+    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half, extra=extra,
+                           embed_vae=args.embed_vae)  # fmt: skip
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
