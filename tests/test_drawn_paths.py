@@ -122,3 +122,22 @@ def test_a_page_request_with_drawn_paths_gives_generation_tracks_that_follow_the
                       limits)  # fmt: skip
     with pytest.raises(RequestError, match="drawn paths: expected JSON"):
         check_request(GenerationRequest(reference=str(reference), num_frames=8, steps=1, drawn_paths="[1, 2"), limits)
+
+
+def test_the_drawn_paths_benchmark_runs_the_page_path_with_and_without_the_anchor(tmp_path):
+    """bench/drawn_paths.py on a tiny bundle that recommends hint_anchor=1 (8 frames, 1 step): both rows are
+    written, the first with the recommendation, the second with hint_anchor 0, each with the strokes' figures."""
+    from bench.drawn_paths import main
+    from tests.conftest import save_tiny_bundle
+
+    bundle = save_tiny_bundle(tmp_path / "m.safetensors", resolution=16, clip_len=4,
+                              extra={"generation": {"hint_anchor": 1.0}})  # fmt: skip
+    out = tmp_path / "drawn_paths.json"
+    main(["--ckpt", str(bundle), "--frames", "8", "--steps", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["recommended"]["hint_anchor"] == 1.0 and rows["hint_anchor_0"]["hint_anchor"] == 0.0
+    for row in rows.values():
+        assert row["size"] == [16, 16] and row["frames"] == 8 and row["stroke_tracks"] > 0
+        assert set(row["strokes"]) == {"track_error_px", "track_lost_fraction", "track_error_clip_px",
+                                       "track_lost_fraction_clip"}  # fmt: skip
+        assert 0.0 <= row["all"]["track_lost_fraction"] <= 1.0

@@ -113,3 +113,28 @@ def test_a_bundle_recommends_hint_anchor_and_a_given_value_wins(tmp_path):
     assert reports["off"]["settings"]["resolved"]["sampling"]["hint_anchor"] == 0.0
     a, b = (read_video(str(tmp_path / name / "video.mp4"))[0].astype(np.float32) for name in runs)
     assert np.abs(a - b).mean() > 1.0
+
+
+def test_a_track_that_leaves_the_fitted_motion_carries_its_neighbourhood():
+    """motion_hint's local_sigma: with a still camera (the other tracks hold still) one track moves 10 px right;
+    a dot at its anchor shows at its new place too (a backward warp copies, it leaves the source as it was), and
+    far from the track the image stays where the affine puts it."""
+    from fgbg.models.motion_hint import motion_hint
+
+    size = 32
+    image = torch.zeros(1, 3, size, size)
+    image[:, :, 9:11, 9:11] = 1.0  # a dot around (10, 10)
+    anchor = torch.tensor([[[10.0, 10.0], [4.0, 28.0], [28.0, 4.0], [28.0, 28.0], [16.0, 24.0]]])
+    tracks = torch.stack([anchor, anchor.clone()], 1)  # (1, 2, 5, 2)
+    tracks[:, 1, 0, 0] += 10.0
+    visible, anchor_visible = torch.ones(1, 2, 5, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool)
+    args = (image, None, tracks, visible, anchor, anchor_visible, (size, size))
+    rigid = motion_hint(*args, fit="irls")
+    local = motion_hint(*args, fit="irls", local_sigma=2.0)
+    dot = lambda x: (x[0, 1, 0, 9:11, 19:21].mean().item(), x[0, 1, 0, 9:11, 9:11].mean().item())  # noqa: E731
+    assert dot(rigid) == pytest.approx((0.0, 1.0), abs=0.05), "the affine (a still camera) keeps the dot"
+    moved, kept = dot(local)
+    assert moved > 0.6 and kept > 0.99, (moved, kept)
+    far = (slice(None), slice(None), slice(None), slice(20, 32), slice(0, 12))
+    assert torch.allclose(local[far], rigid[far], atol=1e-5), "far from the moving track nothing changes"
+    assert torch.allclose(local[:, 0], rigid[:, 0], atol=1e-4), "frame 0: the tracks sit at their anchors"

@@ -169,6 +169,9 @@ LINK_DEFAULTS = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight":
 # All of generation's options beyond steps, sampler and guidance: the link's, and ``hint_anchor`` (the fraction of
 # the sampling steps during which the latents where a hint is valid are reset to the noised hint; 0 = off).
 SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0}
+# hint_anchor's motion hint: the reference around each track moves with the track (not only by the affine fitted
+# to all of them), over a Gaussian of this fraction of the image's longer side (4 px at 64x64).
+ANCHOR_TRACK_SIGMA = 1 / 16
 
 
 def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
@@ -493,7 +496,9 @@ class FgbgModule(L.LightningModule):
                     out[key] = self._encode_hint(out[key], ctx.latent.shape[-2:])
         return out
 
-    def _motion_hint(self, source: torch.Tensor, ctx: ReferenceContext, cond: Mapping) -> torch.Tensor:
+    def _motion_hint(
+        self, source: torch.Tensor, ctx: ReferenceContext, cond: Mapping, local_sigma: float = 0.0
+    ) -> torch.Tensor:
         """``motion_hint`` of ``source`` (the reference latent or image) with this model's options."""
         return motion_hint(
             source,
@@ -505,6 +510,7 @@ class FgbgModule(L.LightningModule):
             ctx.image_size,
             self.hint_mask_dilation,
             self.motion_hint_fit,
+            local_sigma,
         )
 
     def _encode_hint(self, hint: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -963,8 +969,9 @@ class FgbgModule(L.LightningModule):
         or None when the clip has no hint in use.
 
         The hints in pixel space (the reference warped by the tracks and bone by bone to the pose, whatever the
-        model's ``hint_space``): the person hint where it is valid, the motion hint where it is valid outside the
-        frame's body region (the person, not the reference's background, stands there). A hint counts only where
+        model's ``hint_space``; the motion hint also moves the reference around each track as that track says,
+        ``ANCHOR_TRACK_SIGMA``, so a path drawn against the camera is followed rather than pasted over): the
+        person hint where it is valid, the motion hint where it is valid outside the frame's body region (the person, not the reference's background, stands there). A hint counts only where
         its conditions are kept, as in ``denoise_plan``: the motion hint needs the reference and the tracks, the
         person hint the reference and the pose."""
         if ctx.image is None:
@@ -979,9 +986,8 @@ class FgbgModule(L.LightningModule):
             kept = (keep["reference"] & keep["pose"]).to(self.dtype)[:, None, None, None, None]
             pixels, weight = hint[:, :, :3], hint[:, :, 3:] * kept
         if self.use_motion_hint and static.get("hint") is not None:
-            hint = static.get("hint_pixels")
-            if hint is None:
-                hint = self._motion_hint(source, ctx, cond)
+            # each track carries its neighbourhood too: a path drawn against the camera is followed, not pasted over
+            hint = self._motion_hint(source, ctx, cond, ANCHOR_TRACK_SIGMA * max(ctx.image_size))
             kept = (keep["reference"] & keep["tracks"]).to(self.dtype)[:, None, None, None, None]
             body = cond["body_region"].to(self.dtype)
             valid = hint[:, :, 3:] * (1.0 - body) * kept

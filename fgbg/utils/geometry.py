@@ -155,12 +155,15 @@ def _normaliser(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     return n
 
 
-def warp_affine(image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+def warp_affine(
+    image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int, int], offsets: torch.Tensor | None = None
+) -> torch.Tensor:
     """Warp ``image`` (M, C, h, w) forward by ``affine`` (M, 2, 3) given in pixel coords of ``image_size`` (H, W).
 
     Output pixel q shows the input at ``A^{-1} q``; zeros where that falls outside.
     ``image`` may be at a lower resolution than ``image_size`` (a latent): both
-    share the normalised grid, so no rescaling of ``affine`` is needed.
+    share the normalised grid, so no rescaling of ``affine`` is needed. ``offsets`` (M, h, w, 2), pixels of
+    ``image_size``: subtracted from each output cell's source position (``A^{-1} q - offset``).
     """
     height, width = image_size
     m = affine.shape[0]
@@ -168,6 +171,8 @@ def warp_affine(image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int
     n = _normaliser(height, width, affine)
     theta = n @ torch.linalg.inv_ex(full)[0] @ torch.linalg.inv_ex(n)[0]  # output normalised -> input normalised
     grid = F.affine_grid(theta[:, :2], list(image.shape), align_corners=False)
+    if offsets is not None:
+        grid = grid - offsets * offsets.new_tensor([2.0 / width, 2.0 / height])
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -1,0 +1,91 @@
+"""Background paths drawn by hand, on the shipped demo model: how well the generated video follows them.
+
+    python bench/drawn_paths.py [--ckpt fgbg/assets/demo_model.safetensors] [--frames 16] [--steps 20]
+
+The demo page's own request path (``fgbg.app.request.run_request``, what the page runs after the browser
+hands it the drawing): the ``dance_pan`` reference (64x64), the two strokes of the browser test
+(``tests/test_app_drawn_paths.py``: along the top-left, up the right edge) combined with the pan preset, at the
+model's resolution. The generated video is tracked with LK from the given tracks' first positions
+(``fgbg.eval.track_following_error``) and compared with the tracks handed to generation: over all tracks and
+over the stroke tracks alone, for the whole video and re-seeded at every clip. Each model is run with the
+hint anchor its bundle recommends and with ``hint_anchor=0``. Writes ``bench/results/drawn_paths.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STROKES = [[(4, 6), (22, 6)], [(60, 60), (60, 36)]]  # reference pixels, as the browser test draws them
+
+
+def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: Path) -> dict:
+    from fgbg.app.examples import EXAMPLES_DIR
+    from fgbg.app.request import DRAWN_TRACKS, GenerationRequest, Limits, run_request
+    from fgbg.app.server import compose_generate_config
+    from fgbg.data.video import read_video
+    from fgbg.eval import track_following_error
+    from fgbg.eval.motion import track_following_error_per_clip
+
+    base = compose_generate_config()
+    base.ckpt_path, base.gif = ckpt, False
+    base.hint_anchor = hint_anchor
+    drawing = {"width": 64, "height": 64, "strokes": [[[x + 0.5, y + 0.5] for x, y in s] for s in STROKES]}
+    req = GenerationRequest(reference=str(EXAMPLES_DIR / "dance_pan.png"), num_frames=frames, steps=steps,
+                            background="camera", preset="pan", drawn_paths=json.dumps(drawing))  # fmt: skip
+    t0 = time.perf_counter()
+    result = run_request(req, base, Limits(max_frames=max(frames, 16), max_steps=max(steps, 20)), out)
+    seconds = time.perf_counter() - t0
+    saved = np.load(result.output_dir / DRAWN_TRACKS)
+    tracks, visible, group = saved["tracks"][:frames], saved["visible"][:frames], saved["group"]
+    video, _ = read_video(str(result.output_dir / "video.mp4"))
+    strokes = group >= 0
+    clip_len = int(result.report["settings"]["resolved"]["clip_len"])
+    row = {"size": list(video.shape[1:3]), "frames": int(video.shape[0]), "clip_len": clip_len, "seconds": seconds,
+           "hint_anchor": result.report["settings"]["resolved"]["sampling"]["hint_anchor"],
+           "stroke_tracks": int(strokes.sum()), "all_tracks": int(len(group))}  # fmt: skip
+    for name, sel in (("all", slice(None)), ("strokes", strokes)):
+        whole = track_following_error(video, tracks[:, sel], visible[:, sel])
+        per_clip = track_following_error_per_clip(video, tracks[:, sel], visible[:, sel], clip_len)
+        row[name] = {
+            "track_error_px": whole["track_error_px"], "track_lost_fraction": whole["track_lost_fraction"],
+            "track_error_clip_px": per_clip["track_error_clip_px"],
+            "track_lost_fraction_clip": per_clip["track_lost_fraction_clip"],
+        }  # fmt: skip
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", default=str(ROOT / "fgbg" / "assets" / "demo_model.safetensors"))
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "drawn_paths.json"))
+    args = p.parse_args(argv)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, anchor in (("recommended", None), ("hint_anchor_0", 0.0)):
+            rows[name] = measure(args.ckpt, args.frames, args.steps, anchor, Path(tmp) / name)
+            r = rows[name]
+            print(f"[drawn-paths] {name} (hint_anchor {r['hint_anchor']}), {r['frames']} frames {r['size']}: "
+                  f"strokes {r['strokes']['track_error_px']:.2f} px (lost {r['strokes']['track_lost_fraction']:.2f}), "
+                  f"per clip {r['strokes']['track_error_clip_px']:.2f} px; all {r['all']['track_error_px']:.2f} px "
+                  f"(lost {r['all']['track_lost_fraction']:.2f}); {r['seconds']:.0f} s", flush=True)  # fmt: skip
+    report = {"ckpt": str(Path(args.ckpt).resolve().relative_to(ROOT)) if Path(args.ckpt).resolve().is_relative_to(ROOT)
+              else args.ckpt, "strokes": STROKES, "preset": "pan", "steps": args.steps, "rows": rows}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1, default=float))
+    print(f"[drawn-paths] wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
