@@ -23,7 +23,8 @@ frames through the tiny VAE, link augmentation on) on 128-frame held-out videos 
 trained with ``model.link_augment=null`` and nothing but motion modules in stage video), ``noise_init``
 (the full model linking clips through the next clip's starting noise, ``link_mode=noise_init``),
 ``link_noise`` (the full model with its link latent noised at generation, ``link_noise=0.1``, as training
-showed it) and ``pixel_32`` (the shipped 32x32 pixel demo model, today's baseline, on the same videos).
+showed it) and ``pixel_32`` (the shipped 32x32 pixel model ``fgbg/assets/pixel32_model.safetensors``, the demo
+model until 2026-12-01 and the baseline of issue 16, on the same videos).
 Rows added since (each its own trained model, same budget): ``pixel_hints`` (``model.hint_space=pixel``),
 ``pixel_no_aug`` (pixel-space hints without link augmentation) and ``pixel_no_aug_pw5`` (the same with the
 person weighing 5x in the loss), ``pixel_no_aug_pw5_image`` / ``pixel_no_aug_pw10_image`` (5x / 10x in stage
@@ -631,14 +632,15 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_no_aug_pw10_image": ("pixel_no_aug_pw10_image", []),
         "pixel_no_aug_no_tracks": ("pixel_no_aug_no_tracks", []),
         # The candidate with its hints' pixels pasted into every predicted clean frame for all sampling steps
-        # (generation's hint_anchor; no retraining), and today's 32x32 demo model given the same option.
+        # (generation's hint_anchor; no retraining), and the 32x32 pixel model given the same option.
         "pixel_no_aug_pw5_image_anchor": ("pixel_no_aug_pw5_image", ["hint_anchor=1.0"]),
-        "pixel_32_anchor": ("bundle:fgbg/assets/demo_model.safetensors", ["hint_anchor=1.0"]),
+        "pixel_32_anchor": ("bundle:fgbg/assets/pixel32_model.safetensors", ["hint_anchor=1.0"]),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
-        # Today's demo model (the pixel claims benchmark's full model at 32x32) on the same 128-frame videos.
-        "pixel_32": ("bundle:fgbg/assets/demo_model.safetensors", []),
+        # The 32x32 pixel model (the pixel claims benchmark's full model; the demo model until 2026-12-01) on the
+        # same 128-frame videos.
+        "pixel_32": ("bundle:fgbg/assets/pixel32_model.safetensors", []),
         # No model: the reference frame held still for 128 frames, the floor of each measure.
         "still_reference": (STILL, []),
         # No model: the true frames through the shipped tiny VAE and back, the ceiling of every latent row.
@@ -691,6 +693,25 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         *[
             ("tracks move the background (demo candidate)", "pixel_no_aug", "pixel_no_aug_no_tracks", key)
             for key in ("track_error_clip_px", "psnr_background")
+        ],
+        # Generation's hint_anchor on the same trained model, and against today's pixel model (issue 16's bars).
+        *[
+            (
+                "anchoring generation to the hints keeps the person",
+                "pixel_no_aug_pw5_image_anchor",
+                "pixel_no_aug_pw5_image",
+                key,
+            )
+            for key in ("appearance_hist", "psnr_person", "colour_error_seen_background_last")
+        ],
+        *[
+            (
+                "the anchored 64x64 latent model beats the 32x32 pixel model",
+                "pixel_no_aug_pw5_image_anchor",
+                "pixel_32",
+                key,
+            )
+            for key in ("appearance_hist", "colour_error_seen_background_last", "seam_score", "track_error_clip_frame")
         ],
     ],
     "columns": [  # appearance and background structure (issue 16), and track error in frame widths

@@ -1,6 +1,6 @@
 """What the reference keypoints of the person hint cost at generation (issue 15, point 5).
 
-    python bench/person_hint_keypoints.py [--weights fgbg/assets/demo_model.safetensors] [--num 32]
+    python bench/person_hint_keypoints.py [--weights fgbg/assets/pixel32_model.safetensors] [--num 32]
 
 A person-hint model (``docs/model.md``) is trained with the reference keypoints of the shard. At generation
 ``fgbg-generate`` estimates them from the reference image with mediapipe pose (``reference_keypoints`` default,
@@ -110,7 +110,7 @@ def paired(a: list[float], b: list[float]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="fgbg/assets/demo_model.safetensors")
+    ap.add_argument("--weights", default="fgbg/assets/pixel32_model.safetensors")
     ap.add_argument("--shards", default=HELDOUT)
     ap.add_argument("--num", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)

@@ -157,9 +157,9 @@ def test_video_trainable_globs_and_bad_patterns():
 
 
 def test_old_bundles_without_the_new_keys_load_and_generate(tmp_path):
-    """The shipped demo bundle's config lacks link_augment and video_trainable: it loads strictly and generates,
-    also with the new generation keys (a warning: the demo model never saw a noised link)."""
-    demo = REPO / "fgbg" / "assets" / "demo_model.safetensors"
+    """The shipped 32x32 pixel bundle (the demo model until 2026-12-01) predates link_augment and video_trainable:
+    it loads strictly and generates, also with the new generation keys (a warning: it never saw a noised link)."""
+    demo = REPO / "fgbg" / "assets" / "pixel32_model.safetensors"
     model, info = load_bundle(demo)
     assert "link_augment" not in info.model_config and "video_trainable" not in info.model_config
     assert model.link_augment is None and model.video_trainable == ()
@@ -373,9 +373,9 @@ def test_training_with_link_augment_then_video_with_conv_in(tmp_path, synth_shar
 
 
 def test_init_from_a_bundle_without_the_level_channel():
-    """The demo bundle (no link_augment) starts a link-augmented stage-video model: conv_in gets a zero column at
+    """The 32x32 pixel bundle (no link_augment) starts a link-augmented stage-video model: conv_in gets a zero column at
     the level channel, every other weight is the bundle's, and with a clean link it generates the same frames."""
-    demo = REPO / "fgbg" / "assets" / "demo_model.safetensors"
+    demo = REPO / "fgbg" / "assets" / "pixel32_model.safetensors"
     old, info = load_bundle(demo)
     cfg = info.model_config.copy()
     cfg.link_augment = AUGMENT
