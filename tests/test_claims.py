@@ -35,9 +35,10 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_nine_models_and_reports_sixteen_rows(tmp_path):
+def test_claims_latent_config_trains_nine_models_and_reports_eighteen_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
-    variants, the pixel baseline and two rows that generate nothing (the first frame held, the VAE's round trip)."""
+    variants, the pixel baseline, two rows that generate with the hints anchored and two rows that generate nothing
+    (the first frame held, the VAE's round trip)."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
@@ -48,8 +49,14 @@ def test_claims_latent_config_trains_nine_models_and_reports_sixteen_rows(tmp_pa
     summary = json.loads((out / "claims.json").read_text())
     rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
             "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5",
-            "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks"}  # fmt: skip
-    assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel demo model on the same videos
+            "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks",
+            "pixel_no_aug_pw5_image_anchor", "pixel_32_anchor"}  # fmt: skip
+    assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel model on the same videos
+    for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor"):  # generation's hint_anchor, what was used
+        anchored = json.loads((out / "eval" / row / "metrics.json").read_text())
+        assert anchored["settings"]["sampling"]["hint_anchor"] == 1.0
+    plain = json.loads((out / "eval" / "pixel_32" / "metrics.json").read_text())
+    assert plain["settings"]["sampling"]["hint_anchor"] == 0.0, "a bundle that recommends nothing: off"
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
     still = json.loads((out / "eval" / "still_reference" / "metrics.json").read_text())
     assert still["samples"] == 2 and still["rescored"] and still["mean"]["seam_score"] == 1.0
