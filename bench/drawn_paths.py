@@ -8,7 +8,10 @@ hands it the drawing): the ``dance_pan`` reference (64x64), the two strokes of t
 model's resolution. The generated video is tracked with LK from the given tracks' first positions
 (``fgbg.eval.track_following_error``) and compared with the tracks handed to generation: over all tracks and
 over the stroke tracks alone, for the whole video and re-seeded at every clip. Each model is run with the
-hint anchor its bundle recommends and with ``hint_anchor=0``. Writes ``bench/results/drawn_paths.json``.
+hint anchor its bundle recommends and with ``hint_anchor=0``. A third row needs no model: the reference itself
+(its shipped person mask) warped along the same tracks, by the affine fitted to them and with each track's
+neighbourhood moved as the track says (what ``hint_anchor`` pastes): the floor of the measure on these strokes.
+Writes ``bench/results/drawn_paths.json``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,49 @@ sys.path.insert(0, str(ROOT))
 STROKES = [[(4, 6), (22, 6)], [(60, 60), (60, 36)]]  # reference pixels, as the browser test draws them
 
 
-def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: Path) -> dict:
+def scores(video: np.ndarray, tracks: np.ndarray, visible: np.ndarray, group: np.ndarray, clip_len: int) -> dict:
+    """Track following of ``video`` (T, H, W, 3) uint8 along the given tracks: all of them and the strokes'."""
+    from fgbg.eval import track_following_error
+    from fgbg.eval.motion import track_following_error_per_clip
+
+    out = {}
+    for name, sel in (("all", slice(None)), ("strokes", group >= 0)):
+        whole = track_following_error(video, tracks[:, sel], visible[:, sel])
+        per_clip = track_following_error_per_clip(video, tracks[:, sel], visible[:, sel], clip_len)
+        out[name] = {
+            "track_error_px": whole["track_error_px"], "track_lost_fraction": whole["track_lost_fraction"],
+            "track_error_clip_px": per_clip["track_error_clip_px"],
+            "track_lost_fraction_clip": per_clip["track_lost_fraction_clip"],
+        }  # fmt: skip
+    return out
+
+
+def paste_floor(tracks: np.ndarray, visible: np.ndarray, group: np.ndarray, clip_len: int, sigma: float) -> dict:
+    """No model: the dance_pan reference (person masked by its shipped mask) warped along ``tracks`` by
+    ``motion_hint`` (``sigma`` 0: the affine fitted to all tracks; > 0: each track's neighbourhood too), scored."""
+    import torch
+    from PIL import Image
+
+    from fgbg.app.examples import EXAMPLES_DIR
+    from fgbg.models.motion_hint import motion_hint
+
+    ref = np.asarray(Image.open(EXAMPLES_DIR / "dance_pan.png").convert("RGB"))
+    mask = np.asarray(Image.open(EXAMPLES_DIR / "dance_pan_mask.png").convert("L")) > 127
+    image = torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 127.5 - 1
+    if ref.shape[:2] != (64, 64):
+        raise ValueError(f"{EXAMPLES_DIR / 'dance_pan.png'}: expected 64x64 (the tracks' size), got {ref.shape[:2]}")
+    tr, vis = torch.from_numpy(tracks)[None], torch.from_numpy(visible)[None]
+    hint = motion_hint(image, torch.from_numpy(mask)[None, None].float(), tr, vis, tr[:, 0], vis[:, 0], (64, 64),
+                       1, "irls", sigma)[0]  # fmt: skip
+    video = ((hint[:, :3].clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return {"sigma_px": sigma, **scores(video, tracks, visible, group, clip_len)}
+
+
+def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: Path) -> tuple[dict, tuple]:
     from fgbg.app.examples import EXAMPLES_DIR
     from fgbg.app.request import DRAWN_TRACKS, GenerationRequest, Limits, run_request
     from fgbg.app.server import compose_generate_config
     from fgbg.data.video import read_video
-    from fgbg.eval import track_following_error
-    from fgbg.eval.motion import track_following_error_per_clip
 
     base = compose_generate_config()
     base.ckpt_path, base.gif = ckpt, False
@@ -53,15 +92,8 @@ def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: 
     row = {"size": list(video.shape[1:3]), "frames": int(video.shape[0]), "clip_len": clip_len, "seconds": seconds,
            "hint_anchor": result.report["settings"]["resolved"]["sampling"]["hint_anchor"],
            "stroke_tracks": int(strokes.sum()), "all_tracks": int(len(group))}  # fmt: skip
-    for name, sel in (("all", slice(None)), ("strokes", strokes)):
-        whole = track_following_error(video, tracks[:, sel], visible[:, sel])
-        per_clip = track_following_error_per_clip(video, tracks[:, sel], visible[:, sel], clip_len)
-        row[name] = {
-            "track_error_px": whole["track_error_px"], "track_lost_fraction": whole["track_lost_fraction"],
-            "track_error_clip_px": per_clip["track_error_clip_px"],
-            "track_lost_fraction_clip": per_clip["track_lost_fraction_clip"],
-        }  # fmt: skip
-    return row
+    row |= scores(video, tracks, visible, group, clip_len)
+    return row, (tracks, visible, group, clip_len)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,12 +106,21 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, anchor in (("recommended", None), ("hint_anchor_0", 0.0)):
-            rows[name] = measure(args.ckpt, args.frames, args.steps, anchor, Path(tmp) / name)
+            rows[name], given = measure(args.ckpt, args.frames, args.steps, anchor, Path(tmp) / name)
             r = rows[name]
             print(f"[drawn-paths] {name} (hint_anchor {r['hint_anchor']}), {r['frames']} frames {r['size']}: "
                   f"strokes {r['strokes']['track_error_px']:.2f} px (lost {r['strokes']['track_lost_fraction']:.2f}), "
                   f"per clip {r['strokes']['track_error_clip_px']:.2f} px; all {r['all']['track_error_px']:.2f} px "
                   f"(lost {r['all']['track_lost_fraction']:.2f}); {r['seconds']:.0f} s", flush=True)  # fmt: skip
+    if rows["recommended"]["size"] == [64, 64]:  # the floor is drawn at the reference's own 64x64
+        tracks, visible, group, clip_len = given
+        floors = {"paste_affine": paste_floor(tracks, visible, group, clip_len, 0.0),
+                  "paste_tracks": paste_floor(tracks, visible, group, clip_len, 4.0)}  # fmt: skip
+        for name, r in floors.items():
+            print(f"[drawn-paths] {name} (no model): strokes per clip {r['strokes']['track_error_clip_px']:.2f} px "
+                  f"(lost {r['strokes']['track_lost_fraction_clip']:.2f}); all per clip "
+                  f"{r['all']['track_error_clip_px']:.2f} px", flush=True)  # fmt: skip
+        rows |= floors
     report = {"ckpt": str(Path(args.ckpt).resolve().relative_to(ROOT)) if Path(args.ckpt).resolve().is_relative_to(ROOT)
               else args.ckpt, "strokes": STROKES, "preset": "pan", "steps": args.steps, "rows": rows}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
