@@ -44,7 +44,7 @@ from fgbg.eval import (
 )
 from fgbg.generate import load_model, model_data_settings, pick_device
 from fgbg.generation.motion import DrivingMotion
-from fgbg.generation.predictor import LongVideoPredictor, sampling_options
+from fgbg.generation.predictor import LongVideoPredictor
 from fgbg.utils.config import CONF_DIR
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "samples": len(per_sample),
         "skipped": counter.as_dict(),
         "settings": OmegaConf.to_container(cfg, resolve=True)
-        | {"sampling": sampling_options(cfg, data.get("generation"))},  # null keys resolved as the model recommends
+        | {"sampling": predictor.sampling},  # null keys resolved as the model recommends
         **_summary(per_sample),
         **{name: _compute_distribution(name, metric) for name, metric in distributions.items()},
         "per_sample": per_sample,

@@ -30,7 +30,7 @@ from fgbg.datamodules.video_jobs import VideoJobs, VideoJobsDataModule
 from fgbg.generation.camera import CameraPreset
 from fgbg.generation.inputs import InputError, load_pose, load_reference
 from fgbg.generation.motion import DrivingMotion
-from fgbg.generation.predictor import LongVideoPredictor, sampling_options
+from fgbg.generation.predictor import LongVideoPredictor
 from fgbg.generation.sources import load_motion_arrays
 from fgbg.utils.config import CONF_DIR
 
@@ -262,10 +262,11 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
     device = pick_device(cfg.device)
     data = model_data_settings(cfg.ckpt_path)
     jobs, info = prepare_jobs(cfg, data)  # every input checked before model work
-    info["sampling"] = sampling_options(cfg, data.get("generation"))  # a null key: the bundle's recommendation
     t0 = time.perf_counter()
     model = load_model(cfg.ckpt_path, bool(cfg.ema), device)
     load_seconds = time.perf_counter() - t0
+    predictor = LongVideoPredictor.from_config(model, cfg, data.get("generation"))
+    info["sampling"] = predictor.sampling  # a null key resolved: the bundle's recommendation, else the default
     settings = OmegaConf.to_container(cfg, resolve=True) | {"resolved": info, "model_load_seconds": load_seconds}
     writer = VideoPredictionWriter(output_dir, jobs.num_frames, fps=cfg.fps, settings=settings, gif=bool(cfg.gif))
     trainer = L.Trainer(
@@ -273,7 +274,6 @@ def generate(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict
         callbacks=[writer, StepProgress(), *(callbacks or [])],  # per clip: a bar on a terminal, else log lines
         enable_progress_bar=True, enable_model_summary=False, inference_mode=True,
     )  # fmt: skip
-    predictor = LongVideoPredictor.from_config(model, cfg, data.get("generation"))
     trainer.predict(predictor, datamodule=VideoJobsDataModule(jobs), return_predictions=False)
     log.info("wrote %s", ", ".join(sorted(writer.paths.values())))
     import json

@@ -21,8 +21,8 @@ How the link reaches the next clip (``docs/generation.md``): ``link_mode`` ``cha
 (the link input channels, the default), ``noise_init`` (the next clip's starting noise
 is mixed with the noised link latent, weight ``link_init_weight``) or ``both``;
 ``link_noise`` noises the link given as channels to that fraction of the schedule.
-``hint_anchor`` (every clip, not only linked ones) resets the cells a hint covers to the noised hint for
-that fraction of the sampling steps (``FgbgModule.sample_clip``).
+``hint_anchor`` (every clip, not only linked ones) pastes the hints' valid pixels into the predicted clean
+frames of that fraction of the sampling steps (``FgbgModule.sample_clip``).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ class LongVideoPredictor(L.LightningModule):
         check_link_options(link_mode, link_noise, link_init_weight)
         check_hint_anchor(hint_anchor)
         # Passed to sample_clip only when not at its defaults (today's call, and models without these options).
-        given = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight,
-                 "hint_anchor": hint_anchor}  # fmt: skip
-        self.link_options = {k: v for k, v in given.items() if v != SAMPLE_DEFAULTS[k]}
+        self.sampling = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight,
+                         "hint_anchor": hint_anchor}  # fmt: skip
+        self.link_options = {k: v for k, v in self.sampling.items() if v != SAMPLE_DEFAULTS[k]}
         self.link = link
         self.reference_every_clip = reference_every_clip
         self.model = model

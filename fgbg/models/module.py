@@ -167,7 +167,7 @@ def parse_link_augment(value) -> dict | None:
 # Generation's link options at their defaults (``sample_clip``'s; the predictor passes only the ones changed).
 LINK_DEFAULTS = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
 # All of generation's options beyond steps, sampler and guidance: the link's, and ``hint_anchor`` (the fraction of
-# the sampling steps during which the latents where a hint is valid are reset to the noised hint; 0 = off).
+# the sampling steps whose predicted clean frames get the hints' valid pixels pasted in; 0 = off; ``sample_clip``).
 SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0}
 # hint_anchor's motion hint: the reference around each track moves with the track (not only by the affine fitted
 # to all of them), over a Gaussian of this fraction of the image's longer side (4 px at 64x64).
@@ -481,20 +481,23 @@ class FgbgModule(L.LightningModule):
         if self.use_motion_hint:
             out["hint"] = self._motion_hint(source, ctx, cond)
         if self.use_person_hint:
-            out["person_hint"] = person_hint(
-                source,
-                ctx.mask,
-                cond["reference_keypoints"].to(ctx.latent.dtype),
-                cond["keypoints"].to(ctx.latent.dtype),
-                ctx.image_size,
-                radius=self.person_hint_radius,
-            )
+            out["person_hint"] = self._person_hint(source, ctx, cond)
         if self.hint_space == "pixel":
             for key in ("hint", "person_hint"):
                 if out[key] is not None:
-                    out[f"{key}_pixels"] = out[key]  # kept for generation's hint_anchor
                     out[key] = self._encode_hint(out[key], ctx.latent.shape[-2:])
         return out
+
+    def _person_hint(self, source: torch.Tensor, ctx: ReferenceContext, cond: Mapping) -> torch.Tensor:
+        """``person_hint`` of ``source`` (the reference latent or image) with this model's options."""
+        return person_hint(
+            source,
+            ctx.mask,
+            cond["reference_keypoints"].to(ctx.latent.dtype),
+            cond["keypoints"].to(ctx.latent.dtype),
+            ctx.image_size,
+            radius=self.person_hint_radius,
+        )
 
     def _motion_hint(
         self, source: torch.Tensor, ctx: ReferenceContext, cond: Mapping, local_sigma: float = 0.0
@@ -971,18 +974,16 @@ class FgbgModule(L.LightningModule):
         The hints in pixel space (the reference warped by the tracks and bone by bone to the pose, whatever the
         model's ``hint_space``; the motion hint also moves the reference around each track as that track says,
         ``ANCHOR_TRACK_SIGMA``, so a path drawn against the camera is followed rather than pasted over): the
-        person hint where it is valid, the motion hint where it is valid outside the frame's body region (the person, not the reference's background, stands there). A hint counts only where
-        its conditions are kept, as in ``denoise_plan``: the motion hint needs the reference and the tracks, the
-        person hint the reference and the pose."""
+        person hint where it is valid, the motion hint where it is valid outside the frame's body region (the
+        person, not the reference's background, stands there). A hint counts only where its conditions are kept,
+        as in ``denoise_plan``: the motion hint needs the reference and the tracks, the person hint the reference
+        and the pose."""
         if ctx.image is None:
             raise ValueError("hint_anchor: the reference context has no pixel image to warp (encode_reference's)")
         source = ctx.image.to(self.dtype)
         pixels, weight = None, None
         if self.use_person_hint and static.get("person_hint") is not None:
-            hint = static.get("person_hint_pixels")
-            if hint is None:
-                hint = person_hint(source, ctx.mask, cond["reference_keypoints"].to(self.dtype),
-                                   cond["keypoints"].to(self.dtype), ctx.image_size, radius=self.person_hint_radius)  # fmt: skip
+            hint = self._person_hint(source, ctx, cond)
             kept = (keep["reference"] & keep["pose"]).to(self.dtype)[:, None, None, None, None]
             pixels, weight = hint[:, :, :3], hint[:, :, 3:] * kept
         if self.use_motion_hint and static.get("hint") is not None:

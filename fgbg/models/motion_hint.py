@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from fgbg.utils.geometry import (  # noqa: F401 - fit_affine, fit_affine_robust, warp_affine: re-exported
     FITS,
+    cell_centres,
     dilate,
     fit_affine,
     fit_affine_robust,
@@ -90,16 +91,12 @@ def track_residual_offsets(
     weight of ``sigma`` pixels (normalised where neighbourhoods overlap, never above 1), so the cell at p shows
     a. Tracks that follow the affine have no residual and change nothing. weight: (B, T, N) which tracks count.
     """
-    height, width = image_size
     h, w = size
     full = torch.cat([affine, affine.new_tensor([0.0, 0.0, 1.0]).expand(*affine.shape[:2], 1, 3)], 2)
     inv = torch.linalg.inv_ex(full)[0][..., :2, :]  # (B, T, 2, 3)
     src = torch.einsum("btij,btnj->btni", inv[..., :2], tracks) + inv[..., None, :, 2]  # A^{-1} p
     residual = (src - track_anchor[:, None]) * weight[..., None]  # (B, T, N, 2)
-    ys = (torch.arange(h, dtype=tracks.dtype, device=tracks.device) + 0.5) * (height / h)
-    xs = (torch.arange(w, dtype=tracks.dtype, device=tracks.device) + 0.5) * (width / w)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    cells = torch.stack([gx, gy], -1).reshape(1, 1, h * w, 1, 2)
+    cells = cell_centres(h, w, image_size, tracks).reshape(1, 1, h * w, 1, 2)
     d2 = (cells - tracks[:, :, None]).square().sum(-1)  # (B, T, P, N)
     g = torch.exp(-d2 / (2 * sigma**2)) * weight[:, :, None]
     g = g / g.sum(-1, keepdim=True).clamp_min(1.0)

@@ -29,16 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fgbg.utils.geometry import cell_centres
+
 # Bones that carry flesh: arms, legs, neck-hip lines (the torso), neck-nose (the head).
 BONES = ((1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13), (1, 0))  # fmt: skip
-
-
-def _cell_centres(h: int, w: int, image_size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    height, width = image_size
-    ys = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (height / h)
-    xs = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (width / w)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], -1).reshape(-1, 2)  # (P, 2) as (x, y)
 
 
 def bone_warp_grid(
@@ -75,7 +69,7 @@ def bone_warp_grid(
         & (len_t > 1e-3)
         & (d_r.norm(dim=-1) > 1e-3)
     )
-    q = _cell_centres(h, w, image_size, keypoints)  # (P, 2)
+    q = cell_centres(h, w, image_size, keypoints)  # (P, 2)
     rel = q[None, None, None] - ta[..., None, :2]  # (B, T, L, P, 2)
     len2 = len_t.square().clamp_min(1e-6)[..., None]  # (B, T, L, 1)
     u = (rel * d_t[..., None, :]).sum(-1) / len2  # along the bone, in bone lengths

@@ -155,6 +155,16 @@ def _normaliser(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     return n
 
 
+def cell_centres(h: int, w: int, image_size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """Pixel coordinates (corner origin) of the centres of an (h, w) grid covering an ``image_size`` (H, W) image:
+    (h * w, 2) as (x, y), row by row, in ``like``'s dtype and device."""
+    height, width = image_size
+    ys = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (height / h)
+    xs = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (width / w)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], -1).reshape(-1, 2)
+
+
 def warp_affine(
     image: torch.Tensor, affine: torch.Tensor, image_size: tuple[int, int], offsets: torch.Tensor | None = None
 ) -> torch.Tensor:
