@@ -603,6 +603,8 @@ CONFIG = "pixel"
 SUFFIX = ""  # file names of the latent config's report: claims_latent_sheet.png, bench/results/claims_latent.json
 # The demo-candidate recipe: pixel-space hints without link augmentation (each helped alone).
 PIXEL_NO_AUG = ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"]
+C16 = ["model.latent.pretrained=${fgbg_asset:tiny_vae_c16}", "model.unet.config.in_channels=16",
+       "model.unet.config.out_channels=16"]  # fmt: skip
 LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "experiment": "synthetic_tiny_latent_{stage}",
     "out": os.path.join(ROOT, "runs", "claims_latent"),
@@ -622,6 +624,10 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         "pixel_no_aug_pw10_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=10.0"],
         # The candidate's pose-only twin: do tracks still move the background with pixel-space hints?
         "pixel_no_aug_no_tracks": [*PIXEL_NO_AUG, "model.use_tracks=false"],
+        # The demo recipe (pixel_no_aug_pw5_image) on the 16-channel tiny VAE (fgbg/assets/tiny_vae_c16, 16x16x16
+        # latents): the shipped 8-channel VAE's encoder drops the reference's 4-pixel shirt checks, this one keeps
+        # them (docs/model.md).
+        "c16_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0", *C16],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),

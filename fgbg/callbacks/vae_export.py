@@ -56,7 +56,9 @@ class VAEExport(L.Callback):
             was_training = vae.training
             vae.eval()
             images = (frames_of(b) for b in self.recent)
-            factor = latent_scaling_factor(vae, images, sample=getattr(pl_module, "sample_posterior", False))
+            factor = getattr(pl_module, "fixed_scaling_factor", None)  # a frozen encoder's latents: its factor
+            if factor is None:
+                factor = latent_scaling_factor(vae, images, sample=getattr(pl_module, "sample_posterior", False))
             if trainer.is_global_zero:
                 save_vae(vae, self.dirpath, factor)
                 log.info("wrote %s (step %d, scaling_factor %.4f)", self.dirpath, trainer.global_step, factor)

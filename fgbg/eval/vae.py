@@ -23,6 +23,20 @@ import torch
 from fgbg.eval.metrics import LPIPS, _masked_mean, _psnr_from_mse
 
 
+def _load_vae(vae_dir: str) -> torch.nn.Module:
+    """The diffusers VAE of a folder, by its config's class: ``AutoencoderKL`` or ``AsymmetricAutoencoderKL`` (a
+    decoder of its own size for a frozen encoder, ``model.encoder_from``)."""
+    import diffusers
+
+    config = Path(vae_dir) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{vae_dir}: expected a diffusers VAE folder (config.json and its weights)")
+    name = json.loads(config.read_text()).get("_class_name", "AutoencoderKL")
+    if name not in ("AutoencoderKL", "AsymmetricAutoencoderKL"):
+        raise ValueError(f"{config}: _class_name={name!r}, expected AutoencoderKL or AsymmetricAutoencoderKL")
+    return getattr(diffusers, name).from_pretrained(vae_dir, local_files_only=True)
+
+
 @torch.no_grad()
 def evaluate_vae(
     vae_dir: str,
@@ -35,13 +49,11 @@ def evaluate_vae(
     sheet_images: int = 12,
 ) -> dict[str, Any]:
     """Every frame of the clips in ``shards`` (at most ``max_images``) through the VAE folder ``vae_dir``."""
-    from diffusers import AutoencoderKL
-
     from fgbg.data.shards import expand_shards, iter_clips
     from fgbg.data.transforms import fit_clip
     from fgbg.eval.appearance import appearance_metrics
 
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
+    vae = _load_vae(vae_dir).to(device).eval()
     images: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     for clip in iter_clips(expand_shards(shards)):
@@ -117,7 +129,7 @@ def write_pair_sheet(images: torch.Tensor, recon: torch.Tensor, path: str, per_r
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Reconstruction PSNR (and LPIPS) of a trained VAE on held-out shards")
-    p.add_argument("vae_dir", help="a diffusers AutoencoderKL folder, e.g. <run>/vae")
+    p.add_argument("vae_dir", help="a diffusers AutoencoderKL (or AsymmetricAutoencoderKL) folder, e.g. <run>/vae")
     p.add_argument("shards", help="a shard path or brace pattern")
     p.add_argument("--max-images", type=int, default=1024)
     p.add_argument("--resolution", type=int, default=64)

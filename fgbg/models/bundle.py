@@ -80,7 +80,9 @@ def embedded_latent_names(module) -> set[str]:
     return set(params) if sum(p.numel() for p in params.values()) <= EMBED_LATENT_MAX_PARAMS else set()
 
 
-SHIPPED_VAES = ("tiny_vae",)  # fgbg/assets folders a bundle may name instead of embedding the VAE
+# fgbg/assets folders a bundle may name instead of embedding the VAE: the tiny latent models' 8-channel VAE and
+# its 16-channel twin (conf/model/tiny_vae.yaml with model.config.latent_channels=16)
+SHIPPED_VAES = ("tiny_vae", "tiny_vae_c16")
 
 
 def latent_digest(vae: torch.nn.Module) -> str:
@@ -231,11 +233,51 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True) -> tuple[torch.nn.Mod
     return module.eval(), cfg
 
 
+def swap_decoder(module, folder: str) -> str:
+    """Give ``module`` the VAE in ``folder`` (a larger decoder trained for the frozen encoder of the VAE the model
+    was trained on: ``experiment=synthetic_tiny_vae_decoder``, ``model.encoder_from``); returns its ``latent_digest``.
+
+    Its encoder, ``quant_conv`` and scaling factor must equal the model's: the latents the model learned are the
+    same, only their decoding changes. Anything else raises ``ValueError`` naming what differs.
+    """
+    from fgbg.models.latent import VAELatent, load_autoencoder
+    from fgbg.models.vae import encoder_state
+
+    if not isinstance(getattr(module, "latent", None), VAELatent):
+        raise ValueError(f"--decoder {folder}: the model works in pixel space (no VAE to give a new decoder)")
+    new = load_autoencoder(folder, "--decoder")
+    old_state, new_state = encoder_state(module.latent.vae), encoder_state(new)
+    same = old_state.keys() == new_state.keys() and all(
+        old_state[k].shape == new_state[k].shape and torch.equal(old_state[k].float(), new_state[k].float())
+        for k in old_state
+    )
+    if not same:
+        raise ValueError(
+            f"--decoder {folder}: its encoder is not the one the model was trained on (a decoder for this model is "
+            "trained with model.encoder_from=<the model's VAE>); its latents would be decoded wrongly"
+        )
+    if float(new.config.scaling_factor) != float(module.latent.scaling_factor):
+        raise ValueError(
+            f"--decoder {folder}: scaling_factor {new.config.scaling_factor} differs from the model's "
+            f"{module.latent.scaling_factor} (the same encoder keeps its factor)"
+        )
+    module.latent.vae = new.requires_grad_(False).eval()
+    return latent_digest(new)
+
+
 def bundle_from_run(
-    run_dir, out, ema: bool = True, half: bool = False, extra: dict | None = None, embed_vae: bool = False
+    run_dir,
+    out,
+    ema: bool = True,
+    half: bool = False,
+    extra: dict | None = None,
+    embed_vae: bool = False,
+    decoder: str | None = None,
 ) -> Path:
     module, cfg = load_run(run_dir, ema)
     info = {"run": str(run_dir), "stage": cfg.model.stage, "ema": ema} | dict(extra or {})
+    if decoder:
+        info["decoder"] = {"folder": str(decoder), "sha256": swap_decoder(module, decoder)}
     return save_bundle(module, out, cfg.model, cfg.data, half=half, extra=info, embed_vae=embed_vae)
 
 
@@ -265,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--generation", nargs="*", default=[], metavar="KEY=VALUE",
                    help="sampling settings the bundle recommends (fgbg-generate/evaluate use them where the key is "
                         "left null), e.g. hint_anchor=1.0")  # fmt: skip
+    p.add_argument("--decoder", metavar="VAE_FOLDER",
+                   help="decode with this VAE instead of the run's: same encoder, a decoder trained for it "
+                        "(fgbg-train experiment=synthetic_tiny_vae_decoder writes one to <run>/vae)")  # fmt: skip
     p.add_argument("--embed-vae", action="store_true",
                    help="embed a small VAE even when it is the one shipped in fgbg/assets (a self-contained file)")  # fmt: skip
     args = p.parse_args(argv)
@@ -273,8 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         p.error(str(err))
     extra = {"generation": generation} if generation else None
-    path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half, extra=extra,
-                           embed_vae=args.embed_vae)  # fmt: skip
+    try:
+        path = bundle_from_run(args.run_dir, args.out, ema=not args.raw, half=args.half, extra=extra,
+                               embed_vae=args.embed_vae, decoder=args.decoder)  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        p.error(str(err))
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -24,23 +24,66 @@ class IdentityLatent(nn.Module):
         return latents
 
 
+AUTOENCODER_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
+
+
+def autoencoder_class(name: str, where: str):
+    """The diffusers class of a VAE config's ``_class_name``: ``AutoencoderKL`` (SD's), or
+    ``AsymmetricAutoencoderKL`` (an encoder and a decoder of their own sizes: a larger decoder trained for a
+    frozen encoder keeps the latent space, see ``fgbg.models.vae``)."""
+    import diffusers
+
+    if name not in AUTOENCODER_CLASSES:
+        raise ValueError(f"{where}: _class_name={name!r}, expected one of {list(AUTOENCODER_CLASSES)}")
+    return getattr(diffusers, name)
+
+
 def build_autoencoder(config) -> nn.Module:
-    """A diffusers ``AutoencoderKL`` with random weights from its kwargs (a dict or a ``DictConfig``)."""
-    from diffusers import AutoencoderKL
+    """A diffusers ``AutoencoderKL`` with random weights from its kwargs (a dict or a ``DictConfig``);
+    ``AsymmetricAutoencoderKL`` when they name the decoder's own sizes (``up_block_out_channels``). Keys the
+    class does not take are dropped (a saved config's ``_class_name``, or ``block_out_channels`` and
+    ``force_upcast``, which the asymmetric class records itself)."""
+    import inspect
+
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)
-    return AutoencoderKL(**{k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(config).items()})
+    config = dict(config)
+    name = config.pop("_class_name", None) or (
+        "AsymmetricAutoencoderKL" if "up_block_out_channels" in config else "AutoencoderKL"
+    )
+    cls = autoencoder_class(name, "VAE config")
+    kwargs = {k: list(v) if isinstance(v, tuple | list) else v for k, v in config.items() if not k.startswith("_")}
+    if name == "AsymmetricAutoencoderKL":
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        down, up = kwargs.get("down_block_out_channels", [64]), kwargs.get("up_block_out_channels", [64])
+        if len(down) != len(up):
+            raise ValueError(
+                f"VAE config: down_block_out_channels {down} and up_block_out_channels {up} must have the same "
+                "length (one downsampling per encoder block is undone by one decoder block)"
+            )
+    return cls(**kwargs)
 
 
 def load_autoencoder(folder: str, key: str, subfolder: str | None = None, variant: str | None = None) -> nn.Module:
-    """A diffusers ``AutoencoderKL`` from a local folder; ``key`` names the config value in the error."""
-    from diffusers import AutoencoderKL
+    """A diffusers ``AutoencoderKL`` (or ``AsymmetricAutoencoderKL``, by its ``config.json``) from a local
+    folder; ``key`` names the config value in the error."""
+    import json
 
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{key}={folder!r}: expected a local AutoencoderKL folder")
-    return AutoencoderKL.from_pretrained(folder, subfolder=subfolder or None, variant=variant, local_files_only=True)
+    config_path = os.path.join(folder, subfolder or "", "config.json")
+    name = "AutoencoderKL"
+    if os.path.isfile(config_path):  # else from_pretrained names what is missing
+        try:
+            with open(config_path) as f:
+                name = json.load(f).get("_class_name", name)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{key}: {config_path} is not a readable JSON VAE config ({err})") from None
+    cls = autoencoder_class(name, f"{key}: {config_path}")
+    return cls.from_pretrained(folder, subfolder=subfolder or None, variant=variant, local_files_only=True)
 
 
 class VAELatent(nn.Module):

@@ -90,6 +90,7 @@ class VAEModule(L.LightningModule):
         crop: int | None = 32,
         person_weight: float = 1.0,
         sample_posterior: bool = False,
+        encoder_from: str | None = None,
         stage: str = "vae",
         optimizer=None,
         lr_scheduler=None,
@@ -112,6 +113,18 @@ class VAEModule(L.LightningModule):
             self.vae = build_autoencoder(config)
         else:
             raise ValueError("model (VAEModule): give `config` (AutoencoderKL kwargs) or `pretrained` (a folder)")
+        condition = getattr(getattr(self.vae, "decoder", None), "condition_encoder", None)
+        if condition is not None:  # AsymmetricAutoencoderKL's inpainting branch: fgbg decodes latents alone, so it
+            condition.requires_grad_(False)  # never runs (frozen: no unused parameters under DDP, none in the EMA)
+        # A new decoder for an existing latent space: the encoder (and quant_conv) copied from `encoder_from` and
+        # frozen, so every model trained on that VAE's latents decodes with this one; its scaling factor kept.
+        self.fixed_scaling_factor: float | None = None
+        if encoder_from:
+            source = load_autoencoder(encoder_from, "model.encoder_from")
+            copy_encoder(source, self.vae, f"model.encoder_from={encoder_from!r}")
+            self.vae.encoder.requires_grad_(False)
+            self.vae.quant_conv.requires_grad_(False)
+            self.fixed_scaling_factor = float(source.config.scaling_factor)
         if crop is not None and (not isinstance(crop, int) or crop < 8 or crop % 8):
             raise ValueError(f"model.crop={crop!r}: expected null (whole frames) or a multiple of 8, >= 8")
         self.crop = crop
@@ -205,9 +218,10 @@ class VAEModule(L.LightningModule):
             self.log("val/psnr_person", terms["psnr_person"], sync_dist=True, batch_size=n)
 
     def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]  # not a frozen encoder (model.encoder_from)
         if self.optimizer_factory is None:
-            return torch.optim.AdamW(self.parameters(), lr=1e-3)
-        optimizer = self.optimizer_factory(params=self.parameters())
+            return torch.optim.AdamW(params, lr=1e-3)
+        optimizer = self.optimizer_factory(params=params)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
@@ -215,6 +229,32 @@ class VAEModule(L.LightningModule):
 
 
 @torch.no_grad()
+def encoder_state(vae: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights that define a VAE's latent space: its encoder's and ``quant_conv``'s."""
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+
+
+def copy_encoder(source: nn.Module, target: nn.Module, where: str) -> None:
+    """Load ``source``'s encoder and ``quant_conv`` into ``target`` (an ``AutoencoderKL`` or an
+    ``AsymmetricAutoencoderKL``); a different encoder architecture raises ``ValueError`` naming ``where``."""
+    src, dst = encoder_state(source), encoder_state(target)
+    if not src:
+        raise ValueError(f"{where}: the VAE there has no encoder weights (expected encoder.* and quant_conv.*)")
+    shapes = {k: tuple(v.shape) for k, v in src.items()}
+    wanted = {k: tuple(v.shape) for k, v in dst.items()}
+    if shapes != wanted:
+        differ = sorted(set(shapes) ^ set(wanted)) or sorted(k for k in shapes if shapes[k] != wanted[k])
+        raise ValueError(
+            f"{where}: its encoder does not fit model.config's (latent_channels "
+            f"{source.config.latent_channels} vs {target.config.latent_channels}; first differing weights "
+            f"{differ[:3]}): give model.config the encoder's sizes (down_block_out_channels, layers_per_down_block, "
+            "latent_channels, norm_num_groups)"
+        )
+    with torch.no_grad():
+        for k, v in dst.items():
+            v.copy_(src[k])
+
+
 def latent_scaling_factor(vae: nn.Module, batches: Iterable[torch.Tensor], sample: bool = False) -> float:
     """SD's recipe: 1 / std of the latents over data (posterior samples, or its mean when not ``sample``, as
     the model that uses the VAE encodes), so scaled latents have unit variance."""
