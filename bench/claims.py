@@ -641,6 +641,9 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # (generation's hint_anchor; no retraining), and the 32x32 pixel model given the same option.
         "pixel_no_aug_pw5_image_anchor": ("pixel_no_aug_pw5_image", ["hint_anchor=1.0"]),
         "pixel_32_anchor": ("bundle:fgbg/assets/pixel32_model.safetensors", ["hint_anchor=1.0"]),
+        # The demo recipe on the 16-channel VAE, anchored as its bundle recommends, and without the anchor.
+        "c16_pw5_image_anchor": ("c16_pw5_image", ["hint_anchor=1.0"]),
+        "c16_pw5_image": ("c16_pw5_image", []),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),

@@ -9,6 +9,7 @@ and ``make test-full`` (which install chromium and the ``app`` extra first).
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import socket
 import subprocess
@@ -55,14 +56,13 @@ def browser_context(tmp_path_factory):
         context.close()
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """``fgbg-app`` serving a tiny random model (32x32, clips of 8 frames) on a free port."""
-    d = tmp_path_factory.mktemp("app")
-    save_tiny_bundle(d / "model.safetensors", resolution=32, clip_len=8)
+@contextlib.contextmanager
+def serve_app(d: Path, ckpt: Path, *overrides: str):
+    """``fgbg-app`` serving the bundle ``ckpt`` on a free port (outputs under ``d / 'outputs'``) until the block
+    ends; yields ``{url, outputs, log}``."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "fgbg.app", f"ckpt_path={d / 'model.safetensors'}", f"port={port}",
-           f"output_root={d / 'outputs'}", "default_frames=8", "default_steps=2", "generate.gif=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "fgbg.app", f"ckpt_path={ckpt}", f"port={port}", f"output_root={d / 'outputs'}",
+           *overrides]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False", WANDB_MODE="offline")
     log = open(d / "server.log", "w")
     server = subprocess.Popen(cmd, cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,6 +87,15 @@ def app_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """``fgbg-app`` serving a tiny random model (32x32, clips of 8 frames) on a free port."""
+    d = tmp_path_factory.mktemp("app")
+    save_tiny_bundle(d / "model.safetensors", resolution=32, clip_len=8)
+    with serve_app(d, d / "model.safetensors", "default_frames=8", "default_steps=2", "generate.gif=false") as app:
+        yield app
 
 
 def test_a_missing_upload_is_reported_on_the_page(browser_context, app_url):

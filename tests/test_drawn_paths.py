@@ -143,13 +143,13 @@ def test_the_drawn_paths_benchmark_runs_the_page_path_with_and_without_the_ancho
         assert 0.0 <= row["all"]["track_lost_fraction"] <= 1.0
 
 
-def test_the_benchmarks_floor_without_a_model_moves_the_reference_along_the_strokes():
-    """bench/drawn_paths.paste_floor: the dance_pan reference warped along two drawn strokes over a still camera;
+def test_the_benchmarks_baseline_without_a_model_moves_the_reference_along_the_strokes():
+    """bench/drawn_paths.paste_baseline: the dance_pan reference warped along two drawn strokes over a still camera;
     moving each track's neighbourhood (sigma 4 px) is followed better than the affine fitted to all tracks."""
-    from bench.drawn_paths import STROKES, paste_floor
+    from bench.drawn_paths import STROKES, paste_baseline
 
     d = drawn_tracks([np.asarray(s, np.float64) + 0.5 for s in STROKES], 16, 64, 64, num_points=30)
-    affine = paste_floor(d.tracks, d.visible, d.group, 8, 0.0)
-    local = paste_floor(d.tracks, d.visible, d.group, 8, 4.0)
+    affine = paste_baseline(d.tracks, d.visible, d.group, 8, 0.0)
+    local = paste_baseline(d.tracks, d.visible, d.group, 8, 4.0)
     assert local["sigma_px"] == 4.0 and set(local) == {"sigma_px", "all", "strokes"}
     assert local["strokes"]["track_error_clip_px"] < affine["strokes"]["track_error_clip_px"]
