@@ -8,8 +8,8 @@ and ``make test-full`` (which install chromium and the ``app`` extra first).
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import socket
 import subprocess

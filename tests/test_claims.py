@@ -35,10 +35,10 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_nine_models_and_reports_eighteen_rows(tmp_path):
+def test_claims_latent_config_trains_ten_models_and_reports_twenty_one_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
-    variants, the pixel baseline, two rows that generate with the hints anchored and two rows that generate nothing
-    (the first frame held, the VAE's round trip)."""
+    variants, the pixel baseline, the demo recipe on the 16-channel VAE, three rows that generate with the hints
+    anchored and three rows that generate nothing (the first frame held, the two VAEs' round trips)."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
@@ -50,9 +50,10 @@ def test_claims_latent_config_trains_nine_models_and_reports_eighteen_rows(tmp_p
     rows = {"full", "no_tracks", "no_link", "first_clip_ref", "no_link_aug", "pixel_hints", "noise_init", "link_noise",
             "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5",
             "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks",
-            "pixel_no_aug_pw5_image_anchor", "pixel_32_anchor"}  # fmt: skip
+            "pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image", "c16_pw5_image_anchor",
+            "vae_reconstruction_c16"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel model on the same videos
-    for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor"):  # generation's hint_anchor, what was used
+    for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image_anchor"):  # what was used
         anchored = json.loads((out / "eval" / row / "metrics.json").read_text())
         assert anchored["settings"]["sampling"]["hint_anchor"] == 1.0
     plain = json.loads((out / "eval" / "pixel_32" / "metrics.json").read_text())
@@ -68,9 +69,13 @@ def test_claims_latent_config_trains_nine_models_and_reports_eighteen_rows(tmp_p
     # the VAE's round trip: the true frames through the shipped VAE, far closer to the truth than any 2-step model
     vae = json.loads((out / "eval" / "vae_reconstruction" / "metrics.json").read_text())
     assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
+    vae16 = json.loads((out / "eval" / "vae_reconstruction_c16" / "metrics.json").read_text())
+    assert vae16["samples"] == 2 and vae16["mean"]["psnr"] > vae["mean"]["psnr"]  # 16 channels keep more
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
                                         "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image",
-                                        "pixel_no_aug_no_tracks"}  # fmt: skip
+                                        "pixel_no_aug_no_tracks", "c16_pw5_image"}  # fmt: skip
+    c16 = (out / "video" / "runs" / "c16_pw5_image" / ".hydra" / "config.yaml").read_text()
+    assert "tiny_vae_c16" in c16 and "in_channels: 16" in c16
     # `image:` overrides reach stage image only: stage video keeps the experiment's person weight (1x)
     image = (out / "image" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
     video = (out / "video" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
