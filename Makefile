@@ -153,7 +153,7 @@ demo-train: $(STAMP) ## Reproduce the demo model: the latent claims benchmark's 
 claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, evaluate 4 rows, write docs/results.md (< 3 h on 2 cores)
 	$(PY) bench/claims.py all
 
-claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 10 models, 21 rows (two the 32x32 pixel model, three that generate nothing), 128-frame videos (docs/results_latent.md)
+claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 11 models, 24 rows (two the 32x32 pixel model, four that generate nothing), 128-frame videos (docs/results_latent.md)
 	$(PY) bench/claims.py all --config latent
 
 tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR

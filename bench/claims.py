@@ -112,7 +112,7 @@ def train(models: list[str] | None = None) -> None:
     """The models (default both), stage by stage, in parallel (one thread each, so they share the machine evenly)."""
     ensure_data()
     models = models or list(MODELS)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env = os.environ | {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "WANDB_MODE": "offline"}
     for stage in ("image", "video"):
         procs = {}
         for model in models:
@@ -190,7 +190,7 @@ def row_checkpoint(row: str) -> str:
 def evaluate(rows: list[str] | None = None, parallel: int = 2) -> None:
     """Every row (or ``rows``) on the long held-out videos, ``parallel`` rows at a time (one thread each)."""
     ensure_data()
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     rows = rows or list(ROWS)
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -227,7 +227,11 @@ def evaluate(rows: list[str] | None = None, parallel: int = 2) -> None:
 STILL = "baseline:still"  # a row that generates nothing: the reference frame repeated for the whole video
 VAE_ROUNDTRIP = "baseline:vae"  # no model either: every true frame through the shipped tiny VAE and back
 VAE_ROUNDTRIP_C16 = "baseline:vae:tiny_vae_c16"  # the same through the shipped 16-channel tiny VAE
-BASELINES = (STILL, VAE_ROUNDTRIP, VAE_ROUNDTRIP_C16)
+VAE_ROUNDTRIP_DC = "baseline:vae:tiny_vae_dc"  # the same through the shipped AutoencoderDC (16 channels)
+VAE_ROUNDTRIPS = {VAE_ROUNDTRIP: "tiny_vae", VAE_ROUNDTRIP_C16: "tiny_vae_c16", VAE_ROUNDTRIP_DC: "tiny_vae_dc"}
+# how the report names each VAE: "the shipped {} tiny VAE"
+VAE_NAMES = {VAE_ROUNDTRIP: "", VAE_ROUNDTRIP_C16: "16-channel ", VAE_ROUNDTRIP_DC: "16-channel AutoencoderDC "}
+BASELINES = (STILL, *VAE_ROUNDTRIPS)
 
 
 def baseline_row(row: str, clip_len: int = 8) -> None:
@@ -239,8 +243,8 @@ def baseline_row(row: str, clip_len: int = 8) -> None:
       and which only reward keeping the reference's colours;
     - ``VAE_ROUNDTRIP``: every true frame encoded and decoded by the shipped tiny VAE (``fgbg/assets/tiny_vae``,
       the posterior's mean, as the latent rows encode): the ceiling of a latent model on that VAE, so a row's
-      gap to the truth splits into what the VAE loses and what the denoiser loses (``VAE_ROUNDTRIP_C16``: the
-      same through ``fgbg/assets/tiny_vae_c16``).
+      gap to the truth splits into what the VAE loses and what the denoiser loses (``VAE_ROUNDTRIP_C16``,
+      ``VAE_ROUNDTRIP_DC``: the same through ``fgbg/assets/tiny_vae_c16``, ``fgbg/assets/tiny_vae_dc``).
     """
     import numpy as np
 
@@ -250,12 +254,12 @@ def baseline_row(row: str, clip_len: int = 8) -> None:
 
     kind = ROWS[row][0]
     roundtrip = None
-    if kind in (VAE_ROUNDTRIP, VAE_ROUNDTRIP_C16):
+    if kind in VAE_ROUNDTRIPS:
         import torch
 
         from fgbg.models.latent import VAELatent
 
-        asset = "tiny_vae_c16" if kind == VAE_ROUNDTRIP_C16 else "tiny_vae"
+        asset = VAE_ROUNDTRIPS[kind]
         vae = VAELatent(os.path.join(ROOT, "fgbg", "assets", asset), subfolder=None, sample_posterior=False)
 
         def roundtrip(frames: np.ndarray) -> np.ndarray:  # (T, H, W, 3) uint8 -> the same, through the VAE
@@ -283,7 +287,7 @@ def baseline_row(row: str, clip_len: int = 8) -> None:
 
 def rescore(rows: list[str] | None = None) -> None:
     """Score every row's saved frames again with today's measures (``fgbg-evaluate rescore=true``), no generation."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     for row in rows or list(ROWS):
         if row not in ROWS:
             sys.exit(f"[claims] --rows {row}: not a row of --config {CONFIG} (rows: {', '.join(ROWS)})")
@@ -561,10 +565,10 @@ def report(out_md: str) -> dict:
         )
         + "".join(
             f" `{r}` generates nothing either: it is the true frames through the shipped "
-            f"{'16-channel ' if m == VAE_ROUNDTRIP_C16 else ''}tiny VAE and back, the ceiling of a latent model on "
+            f"{VAE_NAMES[m]}tiny VAE and back, the ceiling of a latent model on "
             "that VAE."
             for r, (m, _) in ROWS.items()
-            if m in (VAE_ROUNDTRIP, VAE_ROUNDTRIP_C16)
+            if m in VAE_ROUNDTRIPS
         ),  # fmt: skip
         "",
         f"![colour error against the truth per clip](images/claims{SUFFIX}_drift.png)",
@@ -609,6 +613,8 @@ SUFFIX = ""  # file names of the latent config's report: claims_latent_sheet.png
 PIXEL_NO_AUG = ["model.hint_space=pixel", "model.link_augment=null", "model.video_trainable=[]"]
 C16 = ["model.latent.pretrained=${fgbg_asset:tiny_vae_c16}", "model.unet.config.in_channels=16",
        "model.unet.config.out_channels=16"]  # fmt: skip
+DC16 = ["model.latent.pretrained=${fgbg_asset:tiny_vae_dc}", "model.unet.config.in_channels=16",
+        "model.unet.config.out_channels=16"]  # fmt: skip
 LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
     "experiment": "synthetic_tiny_latent_{stage}",
     "out": os.path.join(ROOT, "runs", "claims_latent"),
@@ -632,6 +638,9 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # latents): the shipped 8-channel VAE's encoder drops the reference's 4-pixel shirt checks, this one keeps
         # them (docs/model.md).
         "c16_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0", *C16],
+        # The same on the AutoencoderDC (fgbg/assets/tiny_vae_dc: 16x16x16 latents, 31+ dB held out where the
+        # 16-channel AutoencoderKL has 27.6): the VAE that keeps the checks.
+        "dc16_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0", *DC16],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
@@ -648,6 +657,10 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # The demo recipe on the 16-channel VAE, anchored as its bundle recommends, and without the anchor.
         "c16_pw5_image_anchor": ("c16_pw5_image", ["hint_anchor=1.0"]),
         "c16_pw5_image": ("c16_pw5_image", []),
+        # ... and ending each clip on the hints' pixels where they are valid (anchor_finish=pixel: diffusers'
+        # inpainting overlay of the known region), what the demo bundle recommends.
+        "c16_pw5_image_anchor_pixel": ("c16_pw5_image", ["hint_anchor=1.0", "anchor_finish=pixel"]),
+        "dc16_pw5_image_anchor": ("dc16_pw5_image", ["hint_anchor=1.0"]),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
@@ -659,6 +672,7 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # No model: the true frames through the shipped tiny VAE and back, the ceiling of every latent row.
         "vae_reconstruction": (VAE_ROUNDTRIP, []),
         "vae_reconstruction_c16": (VAE_ROUNDTRIP_C16, []),
+        "vae_reconstruction_dc": (VAE_ROUNDTRIP_DC, []),
     },
     "claims": [
         ("link augmentation stops error accumulating", "full", "no_link_aug", "colour_error_background_last"),
@@ -764,8 +778,11 @@ def use_config(name: str) -> None:
 
 def set_options(args) -> None:
     """Command-line overrides (smaller budgets for the pipeline's own test)."""
-    global OUT
+    global OUT, THREADS
     OUT = os.path.abspath(args.out or OUT)
+    if args.threads < 1:
+        sys.exit(f"[claims] --threads {args.threads}: expected an integer >= 1")
+    THREADS = args.threads
     BUDGET["image"]["max_steps"] = args.image_steps
     BUDGET["video"]["max_steps"] = args.video_steps
     EVAL["max_samples"] = args.max_samples
@@ -777,6 +794,7 @@ def set_options(args) -> None:
 
 
 MODELS_EXTRA: dict[str, list[str]] = {"image": [], "video": []}
+THREADS = 1  # CPU threads of each training or evaluation process (--threads; models and rows run side by side)
 
 
 def main() -> int:
@@ -808,6 +826,8 @@ def main() -> int:
     ap.add_argument("--stage", choices=list(BUDGET), default="image", help="overrides: of this stage")
     ap.add_argument("--sheet", default=None, help="compare: also a contact sheet PNG of the first held-out video")
     ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads per training or evaluation process (2: one model or row alone on 2 cores)")  # fmt: skip
     ap.add_argument("--max-samples", type=int, default=EVAL["max_samples"])
     ap.add_argument("--sample-steps", type=int, default=EVAL["steps"])
     args = ap.parse_args()

@@ -37,14 +37,25 @@ def is_autoencoder(model_cfg: DictConfig) -> bool:
     return str(_get(model_cfg, "_target_", "")).endswith("VAEModule")
 
 
+def _vae_blocks(config) -> list | None:
+    """A VAE config's encoder block sizes (one downsampling per block but the last), in any class fgbg loads:
+    ``encoder_block_out_channels`` (``AutoencoderDC``), ``down_block_out_channels`` (asymmetric) or
+    ``block_out_channels``."""
+    for key in ("encoder_block_out_channels", "down_block_out_channels", "block_out_channels"):
+        value = config.get(key) if config is not None else None
+        if value:
+            return list(value)
+    return None
+
+
 def _folder_vae_blocks(model_cfg: DictConfig) -> list:
-    """The VAE folder's ``block_out_channels`` (``latent.pretrained[/subfolder]/config.json``), else SD's."""
+    """The VAE folder's encoder block sizes (``latent.pretrained[/subfolder]/config.json``), else SD's."""
     try:
         folder = _get(model_cfg, "latent.pretrained")
         sub = _get(model_cfg, "latent.subfolder")
         path = os.path.join(str(folder), str(sub), "config.json") if sub else os.path.join(str(folder), "config.json")
         with open(path) as f:
-            return list(json.load(f)["block_out_channels"])
+            return _vae_blocks(json.load(f)) or [128, 256, 512, 512]
     except Exception:  # no folder (yet), an unresolved interpolation, or no such key: Stable Diffusion's VAE
         return [128, 256, 512, 512]
 
@@ -53,14 +64,15 @@ def spatial_factor(model_cfg: DictConfig) -> int:
     """Pixels per UNet bottleneck cell: ``2**(len(unet blocks) - 1)`` times the latent's downsampling.
 
     ``IdentityLatent`` keeps pixels (factor 1); ``VAELatent`` downsamples by ``2**(len(vae blocks) - 1)``,
-    the blocks from ``latent.config`` or the VAE folder's ``config.json`` (8, Stable Diffusion's, when neither).
+    the encoder's blocks from ``latent.config`` or the VAE folder's ``config.json`` (8, Stable Diffusion's, when
+    neither).
     """
     if is_autoencoder(model_cfg):  # experiment=synthetic_tiny_vae: the autoencoder's own downsampling
-        return 2 ** (len(_get(model_cfg, "config.block_out_channels") or [128, 256, 512, 512]) - 1)
+        return 2 ** (len(_vae_blocks(_get(model_cfg, "config")) or [128, 256, 512, 512]) - 1)
     unet_blocks = _get(model_cfg, "unet.config.block_out_channels") or [320, 640, 1280, 1280]
     factor = 2 ** (len(unet_blocks) - 1)
     if str(_get(model_cfg, "latent._target_", "")).endswith("VAELatent"):
-        vae_blocks = _get(model_cfg, "latent.config.block_out_channels") or _folder_vae_blocks(model_cfg)
+        vae_blocks = _vae_blocks(_get(model_cfg, "latent.config")) or _folder_vae_blocks(model_cfg)
         factor *= 2 ** (len(vae_blocks) - 1)
     return factor
 
@@ -195,7 +207,8 @@ def _link_augment_problems(model: DictConfig) -> list[str]:
 
 def check_generate_config(cfg: DictConfig) -> None:
     """Validate the ``fgbg-generate`` config: every ``guidance.*`` scale is a finite number >= 0; ``link_mode``
-    one of channels, noise_init, both; ``link_noise``, ``link_init_weight`` and ``hint_anchor`` in [0, 1]."""
+    one of channels, noise_init, both; ``link_noise``, ``link_init_weight`` and ``hint_anchor`` in [0, 1];
+    ``anchor_finish`` null or one of blend, latent, pixel."""
     guidance = plain(cfg.get("guidance")) or {}
     problems = [
         f"guidance.{name}={scale!r}: expected a classifier-free guidance scale >= 0"
@@ -212,5 +225,8 @@ def check_generate_config(cfg: DictConfig) -> None:
             continue
         if not (_number(value) and 0 <= value <= 1):
             problems.append(f"{key}={value!r}: expected {what} in [0, 1]")
+    finish = cfg.get("anchor_finish")
+    if finish is not None and finish not in ("blend", "latent", "pixel"):  # null: the model bundle's recommendation
+        problems.append(f"anchor_finish={finish!r}: expected blend, latent or pixel")
     if problems:
         raise ConfigError("invalid fgbg-generate config:\n  " + "\n  ".join(problems))

@@ -35,10 +35,11 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_ten_models_and_reports_twenty_one_rows(tmp_path):
+def test_claims_latent_config_trains_eleven_models_and_reports_twenty_four_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
-    variants, the pixel baseline, the demo recipe on the 16-channel VAE, three rows that generate with the hints
-    anchored and three rows that generate nothing (the first frame held, the two VAEs' round trips)."""
+    variants, the pixel baseline, the demo recipe on the 16-channel VAE and on the AutoencoderDC, five rows that
+    generate with the hints anchored (one ending on the hints' pixels) and four rows that generate nothing (the
+    first frame held, the three VAEs' round trips)."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
@@ -51,11 +52,15 @@ def test_claims_latent_config_trains_ten_models_and_reports_twenty_one_rows(tmp_
             "pixel_32", "still_reference", "vae_reconstruction", "pixel_no_aug", "pixel_no_aug_pw5",
             "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks",
             "pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image", "c16_pw5_image_anchor",
-            "vae_reconstruction_c16"}  # fmt: skip
+            "vae_reconstruction_c16", "c16_pw5_image_anchor_pixel", "dc16_pw5_image_anchor",
+            "vae_reconstruction_dc"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel model on the same videos
-    for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image_anchor"):  # what was used
-        anchored = json.loads((out / "eval" / row / "metrics.json").read_text())
+    for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image_anchor", "dc16_pw5_image_anchor",
+                "c16_pw5_image_anchor_pixel"):  # fmt: skip
+        anchored = json.loads((out / "eval" / row / "metrics.json").read_text())  # what was used
         assert anchored["settings"]["sampling"]["hint_anchor"] == 1.0
+        finish = "pixel" if row.endswith("_pixel") else "blend"
+        assert anchored["settings"]["sampling"]["anchor_finish"] == finish
     plain = json.loads((out / "eval" / "pixel_32" / "metrics.json").read_text())
     assert plain["settings"]["sampling"]["hint_anchor"] == 0.0, "a bundle that recommends nothing: off"
     # still_reference generates nothing: its frames are the first frame repeated, scored like the others
@@ -71,11 +76,15 @@ def test_claims_latent_config_trains_ten_models_and_reports_twenty_one_rows(tmp_
     assert vae["samples"] == 2 and vae["rescored"] and vae["mean"]["psnr"] > 20
     vae16 = json.loads((out / "eval" / "vae_reconstruction_c16" / "metrics.json").read_text())
     assert vae16["samples"] == 2 and vae16["mean"]["psnr"] > vae["mean"]["psnr"]  # 16 channels keep more
+    dc = json.loads((out / "eval" / "vae_reconstruction_dc" / "metrics.json").read_text())
+    assert dc["samples"] == 2 and dc["mean"]["psnr"] > vae16["mean"]["psnr"]  # the AutoencoderDC keeps more still
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
                                         "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image",
-                                        "pixel_no_aug_no_tracks", "c16_pw5_image"}  # fmt: skip
+                                        "pixel_no_aug_no_tracks", "c16_pw5_image", "dc16_pw5_image"}  # fmt: skip
     c16 = (out / "video" / "runs" / "c16_pw5_image" / ".hydra" / "config.yaml").read_text()
     assert "tiny_vae_c16" in c16 and "in_channels: 16" in c16
+    dc16 = (out / "video" / "runs" / "dc16_pw5_image" / ".hydra" / "config.yaml").read_text()
+    assert "tiny_vae_dc" in dc16 and "in_channels: 16" in dc16
     # `image:` overrides reach stage image only: stage video keeps the experiment's person weight (1x)
     image = (out / "image" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
     video = (out / "video" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()

@@ -92,6 +92,19 @@ def test_bad_hint_anchor_is_named():
     assert LongVideoPredictor(model, hint_anchor=0.5).link_options == {"hint_anchor": 0.5}
     with pytest.raises(ConfigError, match=r"hint_anchor='all': expected a fraction of the sampling steps in \[0, 1\]"):
         check_generate_config(OmegaConf.create({"guidance": {}, "hint_anchor": "all"}))
+    # how an anchored clip ends: checked by the predictor, the generate config and a bundle's recommendation
+    from fgbg.models.bundle import recommended_generation
+
+    with pytest.raises(ValueError, match=r"anchor_finish='exact': expected one of \('blend', 'latent', 'pixel'\)"):
+        LongVideoPredictor(model, hint_anchor=1.0, anchor_finish="exact")
+    assert LongVideoPredictor(model, anchor_finish="pixel").link_options == {"anchor_finish": "pixel"}
+    with pytest.raises(ConfigError, match=r"anchor_finish='exact': expected blend, latent or pixel"):
+        check_generate_config(OmegaConf.create({"guidance": {}, "anchor_finish": "exact"}))
+    check_generate_config(OmegaConf.create({"guidance": {}, "anchor_finish": None}))  # null: the bundle's choice
+    assert recommended_generation(["hint_anchor=1.0", "anchor_finish=pixel"]) == {"hint_anchor": 1.0,
+                                                                                  "anchor_finish": "pixel"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"anchor_finish='exact'"):
+        recommended_generation(["anchor_finish=exact"])
 
 
 def test_a_bundle_recommends_hint_anchor_and_a_given_value_wins(tmp_path):

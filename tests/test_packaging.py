@@ -44,6 +44,7 @@ def test_wheel_in_a_fresh_venv_composes_configs_from_another_folder(tmp_path):
     # model=fgbg_tiny_latent's default VAE (${fgbg_asset:tiny_vae}) and the demo model travel in the wheel
     assert {"fgbg/assets/tiny_vae/config.json", "fgbg/assets/tiny_vae/diffusion_pytorch_model.safetensors",
             "fgbg/assets/tiny_vae_c16/config.json", "fgbg/assets/tiny_vae_c16/diffusion_pytorch_model.safetensors",
+            "fgbg/assets/tiny_vae_dc/config.json", "fgbg/assets/tiny_vae_dc/diffusion_pytorch_model.safetensors",
             "fgbg/assets/demo_model.safetensors", "fgbg/assets/pixel32_model.safetensors",
             "fgbg/assets/examples/wave_zoom.png"} <= set(names)  # fmt: skip
 

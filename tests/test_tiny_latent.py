@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors import safe_open
@@ -220,6 +221,36 @@ def test_hint_anchor_pastes_the_hint_through_the_vae():
     floor = err(model.latent.decode(model.latent.encode(hint.flatten(0, 1), mean=True)).unflatten(0, (1, 2)))
     assert torch.isfinite(anchored).all() and err(anchored) < 0.5 * err(free), (err(anchored), err(free))
     assert err(anchored) < floor + 0.1, ("near the VAE's own round trip of the hint", err(anchored), floor)
+
+
+def test_anchor_finish_keeps_the_paste_to_the_vae_round_trip_or_exactly():
+    """anchor_finish: ``latent`` ends the clip on the paste's encoding where the hints cover a latent cell, so the
+    covered pixels are the VAE's round trip of the hint (``blend`` only moves the model's latents by the paste's
+    change); ``pixel`` also overlays the hint's pixels by their weight: exact where the weight is 1. Outside the
+    hints' cover the three finishes decode the same latents' neighbourhood (no global change)."""
+    from tests.test_hint_anchor import anchor_of, sample, setup
+
+    torch.manual_seed(0)
+    model = instantiate(latent_cfg(REPO / "fgbg" / "assets" / "tiny_vae", hint_space="pixel")).eval()
+    ctx, cond = setup(model)
+    pixels, weight = anchor_of(model, ctx, cond)
+    covered = (weight > 0.99).unflatten(0, (1, 2))
+    hint = pixels.unflatten(0, (1, 2)).clamp(-1, 1)
+    err = lambda x: (x - hint).abs().mul(covered).sum().item() / (3 * covered.sum().item())  # noqa: E731
+    roundtrip = model.latent.decode(model.latent.encode(hint.flatten(0, 1), mean=True)).unflatten(0, (1, 2))
+    out = {f: sample(model, ctx, cond, hint_anchor=1.0, anchor_finish=f) for f in ("blend", "latent", "pixel")}
+    assert torch.equal(out["blend"], sample(model, ctx, cond, hint_anchor=1.0)), "blend is the default"
+    # latent: inside cells the hint covers whole, the frame comes near the round trip of the pasted frame (not equal:
+    # the decoder sees neighbouring cells, and DDIM's last step stops at alpha_cumprod[0], not 1)
+    inner = (F.avg_pool2d(weight, 4) > 0.999).float()
+    inner = F.interpolate(inner, scale_factor=4).unflatten(0, (1, 2)).bool().expand_as(hint)
+    assert inner.any()
+    assert (out["latent"] - roundtrip)[inner].abs().mean() < 0.8 * (out["blend"] - roundtrip)[inner].abs().mean()
+    assert err(out["pixel"]) < 1e-5, "the overlay puts the hint's pixels where its weight is 1"
+    free = (weight < 0.01).unflatten(0, (1, 2)).expand_as(hint)
+    assert torch.allclose(out["pixel"][free], out["latent"][free], atol=1e-5), "the overlay is only where pasted"
+    with pytest.raises(ValueError, match=r"anchor_finish='exact': expected one of \('blend', 'latent', 'pixel'\)"):
+        sample(model, ctx, cond, hint_anchor=1.0, anchor_finish="exact")
 
 
 def test_bundle_embeds_a_small_vae_and_stands_alone(vae_dir, tmp_path):

@@ -136,13 +136,15 @@ def test_bundle_decodes_a_models_latents_with_a_new_decoder(vae_dir, tmp_path): 
         swap_decoder(instantiate(cfg), str(same_encoder_other_factor))
 
 
-def test_a_model_on_the_16_channel_vae_names_it(tmp_path):
-    """fgbg/assets/tiny_vae_c16 (16x16x16 latents) is a shipped VAE too: a bundle names it instead of a copy."""
+@pytest.mark.parametrize("asset", ["tiny_vae_c16", "tiny_vae_dc"])
+def test_a_model_on_a_16_channel_vae_names_it(tmp_path, asset):
+    """fgbg/assets/tiny_vae_c16 and tiny_vae_dc (16x16x16 latents) are shipped VAEs too: a bundle names them
+    instead of a copy."""
     from fgbg.utils.config import asset_path
 
     torch.manual_seed(0)
-    cfg = latent_cfg(asset_path("tiny_vae_c16"), stage="video")
-    cfg.latent.pretrained = "${fgbg_asset:tiny_vae_c16}"
+    cfg = latent_cfg(asset_path(asset), stage="video")
+    cfg.latent.pretrained = "${fgbg_asset:" + asset + "}"
     cfg.latent.sample_posterior = False
     cfg.unet.config.in_channels = cfg.unet.config.out_channels = 16
     model = instantiate(cfg).eval()
@@ -151,6 +153,6 @@ def test_a_model_on_the_16_channel_vae_names_it(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == bundle_names(model)  # no latent.* tensors
     loaded, info = load_bundle(path)
-    assert info.latent["asset"] == "tiny_vae_c16"
+    assert info.latent["asset"] == asset
     x = torch.rand(1, 3, H, H) * 2 - 1
     assert torch.equal(loaded.latent.encode(x), model.latent.encode(x))

@@ -24,17 +24,26 @@ from fgbg.eval.metrics import LPIPS, _masked_mean, _psnr_from_mse
 
 
 def _load_vae(vae_dir: str) -> torch.nn.Module:
-    """The diffusers VAE of a folder, by its config's class: ``AutoencoderKL`` or ``AsymmetricAutoencoderKL`` (a
-    decoder of its own size for a frozen encoder, ``model.encoder_from``)."""
+    """The diffusers VAE of a folder, by its config's class: ``AutoencoderKL``, ``AsymmetricAutoencoderKL`` (a
+    decoder of its own size for a frozen encoder, ``model.encoder_from``) or ``AutoencoderDC``."""
     import diffusers
 
     config = Path(vae_dir) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{vae_dir}: expected a diffusers VAE folder (config.json and its weights)")
     name = json.loads(config.read_text()).get("_class_name", "AutoencoderKL")
-    if name not in ("AutoencoderKL", "AsymmetricAutoencoderKL"):
-        raise ValueError(f"{config}: _class_name={name!r}, expected AutoencoderKL or AsymmetricAutoencoderKL")
+    if name not in ("AutoencoderKL", "AsymmetricAutoencoderKL", "AutoencoderDC"):
+        raise ValueError(
+            f"{config}: _class_name={name!r}, expected AutoencoderKL, AsymmetricAutoencoderKL or AutoencoderDC"
+        )
     return getattr(diffusers, name).from_pretrained(vae_dir, local_files_only=True)
+
+
+def _round_trip(vae: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Decode the posterior's mode (an ``AutoencoderDC``: its deterministic latents) of ``images``, clamped."""
+    out = vae.encode(images)
+    z = out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latent
+    return vae.decode(z).sample.clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -72,7 +81,7 @@ def evaluate_vae(
     values, lp, person_psnr, appearance = [], [], [], []
     for chunk, mask in zip(x.split(64), person.split(64), strict=True):
         chunk, mask = chunk.to(device), mask.to(device)
-        recon = vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
+        recon = _round_trip(vae, chunk)
         err = ((recon - chunk) / 2).square()
         values.append(_psnr_from_mse(err.flatten(1).mean(1)).cpu())  # peak 1 on [0, 1]
         person_psnr.append(_psnr_from_mse(_masked_mean(err, mask)).cpu())  # NaN on a frame without a person
@@ -89,7 +98,7 @@ def evaluate_vae(
     if sheet:
         picks = torch.linspace(0, len(x) - 1, min(sheet_images, len(x))).round().long()
         pairs = x[picks].to(device)
-        write_pair_sheet(pairs, vae.decode(vae.encode(pairs).latent_dist.mode()).sample.clamp(-1, 1), sheet)
+        write_pair_sheet(pairs, _round_trip(vae, pairs), sheet)
     return {
         "vae": str(vae_dir),
         "shards": shards,
@@ -129,7 +138,9 @@ def write_pair_sheet(images: torch.Tensor, recon: torch.Tensor, path: str, per_r
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Reconstruction PSNR (and LPIPS) of a trained VAE on held-out shards")
-    p.add_argument("vae_dir", help="a diffusers AutoencoderKL (or AsymmetricAutoencoderKL) folder, e.g. <run>/vae")
+    p.add_argument(
+        "vae_dir", help="a diffusers AutoencoderKL (AsymmetricAutoencoderKL, AutoencoderDC) folder, e.g. <run>/vae"
+    )
     p.add_argument("shards", help="a shard path or brace pattern")
     p.add_argument("--max-images", type=int, default=1024)
     p.add_argument("--resolution", type=int, default=64)

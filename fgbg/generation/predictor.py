@@ -22,7 +22,8 @@ How the link reaches the next clip (``docs/generation.md``): ``link_mode`` ``cha
 is mixed with the noised link latent, weight ``link_init_weight``) or ``both``;
 ``link_noise`` noises the link given as channels to that fraction of the schedule.
 ``hint_anchor`` (every clip, not only linked ones) pastes the hints' valid pixels into the predicted clean
-frames of that fraction of the sampling steps (``FgbgModule.sample_clip``).
+frames of that fraction of the sampling steps, and ``anchor_finish`` says how an anchored clip ends (``blend``,
+``latent`` or ``pixel``; ``FgbgModule.sample_clip``).
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ class LongVideoPredictor(L.LightningModule):
         link_noise: float = LINK_DEFAULTS["link_noise"],
         link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
         hint_anchor: float = SAMPLE_DEFAULTS["hint_anchor"],
+        anchor_finish: str = SAMPLE_DEFAULTS["anchor_finish"],
     ):
         super().__init__()
         check_link_options(link_mode, link_noise, link_init_weight)
-        check_hint_anchor(hint_anchor)
+        check_hint_anchor(hint_anchor, anchor_finish)
         # Passed to sample_clip only when not at its defaults (today's call, and models without these options).
         self.sampling = {"link_mode": link_mode, "link_noise": link_noise, "link_init_weight": link_init_weight,
-                         "hint_anchor": hint_anchor}  # fmt: skip
+                         "hint_anchor": hint_anchor, "anchor_finish": anchor_finish}  # fmt: skip
         self.link_options = {k: v for k, v in self.sampling.items() if v != SAMPLE_DEFAULTS[k]}
         self.link = link
         self.reference_every_clip = reference_every_clip

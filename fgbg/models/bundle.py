@@ -80,9 +80,10 @@ def embedded_latent_names(module) -> set[str]:
     return set(params) if sum(p.numel() for p in params.values()) <= EMBED_LATENT_MAX_PARAMS else set()
 
 
-# fgbg/assets folders a bundle may name instead of embedding the VAE: the tiny latent models' 8-channel VAE and
-# its 16-channel twin (conf/model/tiny_vae.yaml with model.config.latent_channels=16)
-SHIPPED_VAES = ("tiny_vae", "tiny_vae_c16")
+# fgbg/assets folders a bundle may name instead of embedding the VAE: the tiny latent models' 8-channel VAE, its
+# 16-channel twin (conf/model/tiny_vae.yaml with model.config.latent_channels=16) and the 16-channel AutoencoderDC
+# (conf/model/tiny_vae_dc.yaml)
+SHIPPED_VAES = ("tiny_vae", "tiny_vae_c16", "tiny_vae_dc")
 
 
 def latent_digest(vae: torch.nn.Module) -> str:
@@ -283,7 +284,7 @@ def bundle_from_run(
 
 def recommended_generation(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> the sampling settings a bundle recommends (its ``generation`` metadata), checked:
-    the keys of ``fgbg.models.module.SAMPLE_DEFAULTS`` (the link options and ``hint_anchor``)."""
+    the keys of ``fgbg.models.module.SAMPLE_DEFAULTS`` (the link options, ``hint_anchor`` and ``anchor_finish``)."""
     from fgbg.models.module import SAMPLE_DEFAULTS, check_hint_anchor, check_link_options
 
     out: dict[str, Any] = {}
@@ -294,7 +295,7 @@ def recommended_generation(pairs: list[str]) -> dict[str, Any]:
         out[key] = yaml.safe_load(value)
     options = SAMPLE_DEFAULTS | out
     check_link_options(options["link_mode"], options["link_noise"], options["link_init_weight"])
-    check_hint_anchor(options["hint_anchor"])
+    check_hint_anchor(options["hint_anchor"], options["anchor_finish"])
     return out
 
 

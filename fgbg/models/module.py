@@ -168,7 +168,12 @@ def parse_link_augment(value) -> dict | None:
 LINK_DEFAULTS = {"link_mode": "channels", "link_noise": 0.0, "link_init_weight": 0.5}
 # All of generation's options beyond steps, sampler and guidance: the link's, and ``hint_anchor`` (the fraction of
 # the sampling steps whose predicted clean frames get the hints' valid pixels pasted in; 0 = off; ``sample_clip``).
-SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0}
+SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0, "anchor_finish": "blend"}
+# How an anchored clip ends (``sample_clip``): ``blend`` (the last anchored step moves the latents by what the paste
+# changes in their encoding), ``latent`` (where the hints cover a latent cell, the final latents are the pasted
+# frame's encoding) or ``pixel`` (as ``latent``, and the decoded frames get the hints' pixels by their weight:
+# diffusers' inpainting overlay of the known region).
+ANCHOR_FINISHES = ("blend", "latent", "pixel")
 # hint_anchor's motion hint: the reference around each track moves with the track (not only by the affine fitted
 # to all of them), over a Gaussian of this fraction of the image's longer side (4 px at 64x64).
 ANCHOR_TRACK_SIGMA = 1 / 16
@@ -184,10 +189,13 @@ def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
         raise ValueError(f"link_init_weight={link_init_weight!r}: expected a weight in [0, 1]")
 
 
-def check_hint_anchor(hint_anchor) -> None:
-    """Generation's ``hint_anchor``: a fraction of the sampling steps in [0, 1]; raises naming the key."""
+def check_hint_anchor(hint_anchor, anchor_finish: str = SAMPLE_DEFAULTS["anchor_finish"]) -> None:
+    """Generation's ``hint_anchor`` (a fraction of the sampling steps in [0, 1]) and ``anchor_finish`` (one of
+    ``ANCHOR_FINISHES``); raises naming the key."""
     if not _rate(hint_anchor):
         raise ValueError(f"hint_anchor={hint_anchor!r}: expected a fraction of the sampling steps in [0, 1]")
+    if anchor_finish not in ANCHOR_FINISHES:
+        raise ValueError(f"anchor_finish={anchor_finish!r}: expected one of {ANCHOR_FINISHES}")
 
 
 class FgbgModule(L.LightningModule):
@@ -871,6 +879,7 @@ class FgbgModule(L.LightningModule):
         link_noise: float = LINK_DEFAULTS["link_noise"],
         link_init_weight: float = LINK_DEFAULTS["link_init_weight"],
         hint_anchor: float = SAMPLE_DEFAULTS["hint_anchor"],
+        anchor_finish: str = SAMPLE_DEFAULTS["anchor_finish"],
     ) -> torch.Tensor:
         """Generate one clip. Returns (B, T, 3, H, W) in [-1, 1].
 
@@ -894,9 +903,15 @@ class FgbgModule(L.LightningModule):
         in the clean latents (``_anchor_correction``; as inpainting keeps a known region). The warped
         reference's colours are then where generation goes rather than what a small denoiser may or may not
         copy; the last steps run free, to blend the pasted pixels with the rest. 0 is off.
+        anchor_finish: with ``hint_anchor`` > 0, how the clip ends. ``blend``: as every anchored step (the final
+        latents keep the model's detail under the paste's change). ``latent``: the last anchored step's latents
+        are the pasted frame's encoding where the hints cover a latent cell, by the cell's mean weight (the
+        paste is kept up to the VAE's round trip). ``pixel``: as ``latent``, then the decoded frames get the
+        hints' pixels by their weight (diffusers' inpainting overlay of the known region: the reference's
+        detail finer than the VAE keeps, e.g. a small chequered shirt, survives).
         """
         check_link_options(link_mode, link_noise, link_init_weight)
-        check_hint_anchor(hint_anchor)
+        check_hint_anchor(hint_anchor, anchor_finish)
         missing = [k for k in COND_KEYS if k not in cond]
         if missing:
             raise KeyError(f"sample_clip: cond lacks {missing}")
@@ -958,11 +973,15 @@ class FgbgModule(L.LightningModule):
                         out = out + (scale - 1.0) * (full - without)
                     latents = sampler.step(out, step_t, latents, generator=generator).prev_sample
                     if anchor is not None and i < anchor_steps:
-                        delta = self._anchor_correction(model_in, out, step_t, anchor)
+                        last = i + 1 == anchor_steps and anchor_finish != "blend"
+                        delta = self._anchor_correction(model_in, out, step_t, anchor, replace=last)
                         if i + 1 < len(timesteps):  # x0's change as it enters the next latents (add_noise is linear)
                             delta = sampler.add_noise(delta, torch.zeros_like(delta), timesteps[i + 1 : i + 2])
                         latents = latents + delta.to(latents.dtype)
         frames = self.latent.decode(latents.flatten(0, 1))
+        if anchor is not None and anchor_finish == "pixel":
+            pixels, weight = anchor
+            frames = frames + weight.to(frames.dtype) * (pixels.to(frames.dtype) - frames)
         return frames.unflatten(0, (b, t)).clamp(-1, 1)
 
     def hint_anchor_pixels(
@@ -1002,12 +1021,14 @@ class FgbgModule(L.LightningModule):
         return pixels.flatten(0, 1), weight.flatten(0, 1)
 
     def _anchor_correction(
-        self, model_in: torch.Tensor, out: torch.Tensor, step_t: torch.Tensor, anchor: tuple
+        self, model_in: torch.Tensor, out: torch.Tensor, step_t: torch.Tensor, anchor: tuple, replace: bool = False
     ) -> torch.Tensor:
         """The change ``hint_anchor`` makes to this step's predicted clean latents (B, T, c, h, w): decode the
         prediction, paste the hint's pixels by their weight, and take the difference of the two encodings (only
         what the pasted pixels change; the rest of the latent stays the model's, with no round trip's loss).
-        model_in is the sampler's scaled input, the variance-preserving x_t for every sampler here."""
+        replace (``anchor_finish`` latent/pixel, at the last anchored step): where the paste covers a latent cell,
+        by the cell's mean weight, the change takes the predicted latents all the way to the pasted frame's
+        encoding. model_in is the sampler's scaled input, the variance-preserving x_t for every sampler here."""
         alpha = self.noise_scheduler.alphas_cumprod.to(model_in.device)[step_t.long()].to(model_in.dtype)
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
@@ -1020,7 +1041,11 @@ class FgbgModule(L.LightningModule):
         flat = x0.flatten(0, 1)
         decoded = self.latent.decode(flat).to(pixels.dtype)
         pasted = weight * pixels + (1.0 - weight) * decoded
-        delta = self.latent.encode(pasted, mean=True) - self.latent.encode(decoded, mean=True)
+        target = self.latent.encode(pasted, mean=True)
+        delta = target - self.latent.encode(decoded, mean=True)
+        if replace:
+            cover = F.adaptive_avg_pool2d(weight.to(target.dtype), target.shape[-2:])
+            delta = delta + cover * (target - flat.to(target.dtype) - delta)
         return delta.to(x0.dtype).unflatten(0, x0.shape[:2])
 
     def initial_latents(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgbg.models.latent import build_autoencoder, load_autoencoder
+from fgbg.models.latent import build_autoencoder, encode_posterior, load_autoencoder
 
 # AutoencoderKL kwargs of the tiny configuration (conf/model/tiny_vae.yaml repeats them; tests build from here)
 TINY_VAE_CONFIG: dict[str, Any] = {
@@ -72,11 +72,13 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class VAEModule(L.LightningModule):
-    """Trains an ``AutoencoderKL`` on the frames of fgbg batches (``fgbg-train experiment=synthetic_tiny_vae``).
+    """Trains an ``AutoencoderKL`` (or an ``AutoencoderDC``: ``model=tiny_vae_dc``) on the frames of fgbg batches
+    (``fgbg-train experiment=synthetic_tiny_vae``, ``experiment=synthetic_tiny_vae_dc``).
 
     loss = l1_weight * |x - x'| + mse_weight * (x - x')^2 + grad_weight * |sobel(x) - sobel(x')| + kl_weight * KL,
-    each a mean over pixels (the KL a mean over latent elements), on random ``crop`` x ``crop`` windows of the
-    frames. Validation logs ``val/loss`` and ``val/psnr`` (whole frames, the posterior's mode decoded, in dB).
+    each a mean over pixels (the KL a mean over latent elements; an ``AutoencoderDC`` has no posterior, so no KL:
+    its ``kl_weight`` must be 0), on random ``crop`` x ``crop`` windows of the frames. Validation logs
+    ``val/loss`` and ``val/psnr`` (whole frames, the posterior's mode decoded, in dB).
     """
 
     def __init__(
@@ -113,6 +115,13 @@ class VAEModule(L.LightningModule):
             self.vae = build_autoencoder(config)
         else:
             raise ValueError("model (VAEModule): give `config` (AutoencoderKL kwargs) or `pretrained` (a folder)")
+        if type(self.vae).__name__ == "AutoencoderDC":  # deterministic latents: nothing to sample or pull
+            for key, value, expected in (("kl_weight", kl_weight, 0), ("sample_posterior", sample_posterior, False)):
+                if value != expected:
+                    raise ValueError(
+                        f"model.{key}={value!r}: {type(self.vae).__name__} has no posterior (deterministic latents); "
+                        f"expected {expected}"
+                    )
         condition = getattr(getattr(self.vae, "decoder", None), "condition_encoder", None)
         if condition is not None:  # AsymmetricAutoencoderKL's inpainting branch: fgbg decodes latents alone, so it
             condition.requires_grad_(False)  # never runs (frozen: no unused parameters under DDP, none in the EMA)
@@ -123,7 +132,8 @@ class VAEModule(L.LightningModule):
             source = load_autoencoder(encoder_from, "model.encoder_from")
             copy_encoder(source, self.vae, f"model.encoder_from={encoder_from!r}")
             self.vae.encoder.requires_grad_(False)
-            self.vae.quant_conv.requires_grad_(False)
+            if getattr(self.vae, "quant_conv", None) is not None:
+                self.vae.quant_conv.requires_grad_(False)
             self.fixed_scaling_factor = float(source.config.scaling_factor)
         if crop is not None and (not isinstance(crop, int) or crop < 8 or crop % 8):
             raise ValueError(f"model.crop={crop!r}: expected null (whole frames) or a multiple of 8, >= 8")
@@ -144,8 +154,7 @@ class VAEModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """The loss terms, ``loss`` and ``psnr`` (and ``psnr_person`` with ``masks``, (M, 1, H, W)); the
         reconstruction terms are means weighted by ``person_weight`` inside ``masks`` (plain means without)."""
-        dist = self.vae.encode(images).latent_dist
-        z = dist.sample() if sample else dist.mode()
+        z, dist = encode_posterior(self.vae, images, sample)
         recon = self.vae.decode(z).sample
         weight = None
         if masks is not None and self.person_weight != 1.0:
@@ -159,7 +168,9 @@ class VAEModule(L.LightningModule):
             "l1": mean((recon - images).abs()),
             "mse": mean((recon - images).square()),
             "grad": mean((sobel(recon) - sobel(images)).abs()),
-            "kl": 0.5 * (dist.mean.square() + dist.var - 1.0 - dist.logvar).mean(),
+            "kl": 0.5 * (dist.mean.square() + dist.var - 1.0 - dist.logvar).mean()
+            if dist is not None
+            else z.new_zeros(()),
         }
         terms["loss"] = sum(self.weights[k] * v for k, v in terms.items())
         terms["psnr"] = psnr(recon.detach().float(), images.float()).mean()
@@ -230,7 +241,8 @@ class VAEModule(L.LightningModule):
 
 @torch.no_grad()
 def encoder_state(vae: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights that define a VAE's latent space: its encoder's and ``quant_conv``'s."""
+    """The weights that define a VAE's latent space: its encoder's and ``quant_conv``'s (an ``AutoencoderDC`` has
+    none)."""
     return {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
 
 
@@ -260,8 +272,7 @@ def latent_scaling_factor(vae: nn.Module, batches: Iterable[torch.Tensor], sampl
     the model that uses the VAE encodes), so scaled latents have unit variance."""
     total, total_sq, count = 0.0, 0.0, 0
     for images in batches:
-        dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
-        z = (dist.sample() if sample else dist.mode()).double()
+        z = encode_posterior(vae, images.to(vae.device, vae.dtype), sample)[0].double()
         total, total_sq, count = total + z.sum().item(), total_sq + z.square().sum().item(), count + z.numel()
     if count == 0:
         raise ValueError("latent_scaling_factor: no images to measure the latents on")
