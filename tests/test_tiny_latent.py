@@ -204,11 +204,11 @@ def test_latent_model_trains_a_step(vae_dir, stage):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 
 
-def test_hint_anchor_pastes_the_hint_through_the_vae():
-    """generation's hint_anchor on a latent model: the paste goes through the VAE's decoder and encoder (the
-    shipped tiny VAE: a random one reconstructs nothing), and the decoded frames come closer to the hint's pixels
-    where the hint is valid (tests/test_hint_anchor.py: pixel space)."""
-    from tests.test_hint_anchor import anchor_of, sample, setup
+def anchored_on_the_shipped_vae():
+    """A tiny latent model on the shipped VAE (a random one reconstructs nothing) with pixel-space hints, the
+    held-pose setup of tests/test_hint_anchor.py: (model, ctx, cond, weight, hint, err), ``err`` the mean error
+    against the hint's pixels where its weight is ~1."""
+    from tests.test_hint_anchor import anchor_of, setup
 
     torch.manual_seed(0)
     model = instantiate(latent_cfg(REPO / "fgbg" / "assets" / "tiny_vae", hint_space="pixel")).eval()
@@ -217,6 +217,16 @@ def test_hint_anchor_pastes_the_hint_through_the_vae():
     covered = (weight > 0.99).unflatten(0, (1, 2))
     hint = pixels.unflatten(0, (1, 2)).clamp(-1, 1)
     err = lambda x: (x - hint).abs().mul(covered).sum().item() / (3 * covered.sum().item())  # noqa: E731
+    return model, ctx, cond, weight, hint, err
+
+
+def test_hint_anchor_pastes_the_hint_through_the_vae():
+    """generation's hint_anchor on a latent model: the paste goes through the VAE's decoder and encoder (the
+    shipped tiny VAE: a random one reconstructs nothing), and the decoded frames come closer to the hint's pixels
+    where the hint is valid (tests/test_hint_anchor.py: pixel space)."""
+    from tests.test_hint_anchor import sample
+
+    model, ctx, cond, weight, hint, err = anchored_on_the_shipped_vae()
     free, anchored = sample(model, ctx, cond), sample(model, ctx, cond, hint_anchor=1.0)
     floor = err(model.latent.decode(model.latent.encode(hint.flatten(0, 1), mean=True)).unflatten(0, (1, 2)))
     assert torch.isfinite(anchored).all() and err(anchored) < 0.5 * err(free), (err(anchored), err(free))
@@ -228,15 +238,9 @@ def test_anchor_finish_keeps_the_paste_to_the_vae_round_trip_or_exactly():
     covered pixels are the VAE's round trip of the hint (``blend`` only moves the model's latents by the paste's
     change); ``pixel`` also overlays the hint's pixels by their weight: exact where the weight is 1. Outside the
     hints' cover the three finishes decode the same latents' neighbourhood (no global change)."""
-    from tests.test_hint_anchor import anchor_of, sample, setup
+    from tests.test_hint_anchor import sample
 
-    torch.manual_seed(0)
-    model = instantiate(latent_cfg(REPO / "fgbg" / "assets" / "tiny_vae", hint_space="pixel")).eval()
-    ctx, cond = setup(model)
-    pixels, weight = anchor_of(model, ctx, cond)
-    covered = (weight > 0.99).unflatten(0, (1, 2))
-    hint = pixels.unflatten(0, (1, 2)).clamp(-1, 1)
-    err = lambda x: (x - hint).abs().mul(covered).sum().item() / (3 * covered.sum().item())  # noqa: E731
+    model, ctx, cond, weight, hint, err = anchored_on_the_shipped_vae()
     roundtrip = model.latent.decode(model.latent.encode(hint.flatten(0, 1), mean=True)).unflatten(0, (1, 2))
     out = {f: sample(model, ctx, cond, hint_anchor=1.0, anchor_finish=f) for f in ("blend", "latent", "pixel")}
     assert torch.equal(out["blend"], sample(model, ctx, cond, hint_anchor=1.0)), "blend is the default"
