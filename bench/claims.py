@@ -4,6 +4,7 @@
     python bench/claims.py train | evaluate | report
     python bench/claims.py rescore   # the saved frames scored again with today's measures (no generation)
     python bench/claims.py compare --rows A B C   # row A against B and C, paired by video, on every column
+    python bench/claims.py claims --rows A B C [--json F]   # the claims between two of these rows, alone
 
 Rows (docs/results.md):
   full             the full tiny model (pose + tracks + link + reference at every clip)
@@ -429,6 +430,37 @@ def load_rows(rows: list[str]) -> dict[str, dict]:
     return results
 
 
+def verdicts_of(results: dict[str, dict], claims: list[tuple]) -> list[dict]:
+    """Each claim (claim, win row, other row, measure) judged on the rows' ``metrics.json``, paired by video."""
+    verdicts = []
+    for claim, win, lose, key in claims:
+        gain, se, holds, n = paired(results[win], results[lose], key)
+        verdicts.append({"claim": claim, "metric": key, win: results[win]["mean"][key],
+                         lose: results[lose]["mean"][key], "gain": gain, "se": se, "holds": holds, "samples": n})  # fmt: skip
+    return verdicts
+
+
+def claims_of(rows: list[str], out_json: str | None) -> list[dict]:
+    """The claims whose two rows are both among ``rows``, judged without the whole benchmark (``report`` needs
+    every row): a Markdown table printed, and the verdicts written to ``out_json`` when given."""
+    chosen = [c for c in CLAIMS if c[1] in rows and c[2] in rows]
+    if not chosen:
+        sys.exit(f"[claims] claims: no claim compares two of {rows}; each claim names its rows in CLAIMS")
+    results = load_rows(sorted({r for c in chosen for r in c[1:3]}))
+    verdicts = verdicts_of(results, chosen)
+    print("| claim | metric | claiming row | other row | gain +- SE | holds |\n|---|---|---|---|---|---|")
+    for v, (claim, win, lose, key) in zip(verdicts, chosen, strict=True):
+        holds = v["holds"] if v["holds"] == "yes" else f"**{v['holds']}**"
+        print(f"| {claim} | {key} | {win}: {v[win]:.3f} | {lose}: {v[lose]:.3f} | {v['gain']:.3f} +- {v['se']:.3f} "
+              f"| {holds} |", flush=True)  # fmt: skip
+    if out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, "w") as f:
+            json.dump({"rows": {r: results[r]["mean"] for r in results}, "claims": verdicts}, f, indent=1)
+        print(f"[claims] claims: wrote {out_json}", flush=True)
+    return verdicts
+
+
 def report(out_md: str) -> dict:
     import numpy as np
 
@@ -441,11 +473,7 @@ def report(out_md: str) -> dict:
                 training[model][stage] = json.load(f)
     mean = {row: r["mean"] for row, r in results.items()}
 
-    verdicts = []
-    for claim, win, lose, key in CLAIMS:
-        gain, se, holds, n = paired(results[win], results[lose], key)
-        verdicts.append({"claim": claim, "metric": key, win: mean[win][key], lose: mean[lose][key], "gain": gain,
-                         "se": se, "holds": holds, "samples": n})  # fmt: skip
+    verdicts = verdicts_of(results, CLAIMS)
 
     # Plots: colour drift per clip (background, person) for every row, and the truth's own drift.
     import matplotlib
@@ -641,6 +669,13 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # The same on the AutoencoderDC (fgbg/assets/tiny_vae_dc: 16x16x16 latents, 31+ dB held out where the
         # 16-channel AutoencoderKL has 27.6): the VAE that keeps the checks.
         "dc16_pw5_image": [*PIXEL_NO_AUG, "image:model.person_loss_weight=5.0", *DC16],
+        # The demo recipe's pose-only twin (as Animate Anyone): do tracks still move the background on the demo model?
+        "dc16_pw5_image_no_tracks": [
+            *PIXEL_NO_AUG,
+            "image:model.person_loss_weight=5.0",
+            *DC16,
+            "model.use_tracks=false",
+        ],
     },
     "rows": {
         "no_link_aug": ("no_link_aug", []),
@@ -661,6 +696,12 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         # inpainting overlay of the known region), what the demo bundle recommends.
         "c16_pw5_image_anchor_pixel": ("c16_pw5_image", ["hint_anchor=1.0", "anchor_finish=pixel"]),
         "dc16_pw5_image_anchor": ("dc16_pw5_image", ["hint_anchor=1.0"]),
+        # The paper's three claims on the demo model, generated as its bundle says (anchored): the pose-only twin
+        # (the anchor pastes the person hint only, there is no motion hint), clips generated independently, and the
+        # reference (bank, global tokens, hints and so the anchor) at clip 1 only.
+        "dc16_no_tracks_anchor": ("dc16_pw5_image_no_tracks", ["hint_anchor=1.0"]),
+        "dc16_pw5_image_anchor_no_link": ("dc16_pw5_image", ["hint_anchor=1.0", "link=false"]),
+        "dc16_pw5_image_anchor_first_clip_ref": ("dc16_pw5_image", ["hint_anchor=1.0", "reference_every_clip=false"]),
         "noise_init": ("full", ["link_mode=noise_init"]),
         # The link latent noised at generation to a level training showed (link_augment max_t 0.3), level channel set.
         "link_noise": ("full", ["link_noise=0.1"]),
@@ -721,6 +762,25 @@ LATENT = {  # --config latent: the tiny latent model at 64x64 (issue 16)
         *[
             ("tracks move the background (demo candidate)", "pixel_no_aug", "pixel_no_aug_no_tracks", key)
             for key in ("track_error_clip_px", "psnr_background")
+        ],
+        # The paper's three claims on the demo model (dc16_pw5_image, generated anchored as its bundle says).
+        *[
+            ("tracks move the background (demo model)", "dc16_pw5_image_anchor", "dc16_no_tracks_anchor", key)
+            for key in ("track_error_clip_px", "psnr_background")
+        ],
+        ("linking removes seams (demo model)", "dc16_pw5_image_anchor", "dc16_pw5_image_anchor_no_link", "seam_score"),
+        *[
+            (
+                "reference at every clip stops drift (demo model)",
+                "dc16_pw5_image_anchor",
+                "dc16_pw5_image_anchor_first_clip_ref",
+                key,
+            )
+            for key in ("colour_error_seen_background_last", "colour_error_person_last", "appearance_hist")
+        ],
+        *[
+            ("the demo model beats the 32x32 pixel model", "dc16_pw5_image_anchor", "pixel_32", key)
+            for key in ("appearance_hist", "colour_error_seen_background_last", "seam_score", "track_error_clip_frame")
         ],
         # Generation's hint_anchor on the same trained model, and against today's pixel model (issue 16's bars).
         *[
@@ -799,7 +859,9 @@ THREADS = 1  # CPU threads of each training or evaluation process (--threads; mo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "train", "evaluate", "rescore", "report", "compare", "overrides", "all"])
+    ap.add_argument(
+        "what", choices=["data", "train", "evaluate", "rescore", "report", "compare", "claims", "overrides", "all"]
+    )
     ap.add_argument(
         "--models",
         nargs="+",
@@ -825,6 +887,7 @@ def main() -> int:
     )
     ap.add_argument("--stage", choices=list(BUDGET), default="image", help="overrides: of this stage")
     ap.add_argument("--sheet", default=None, help="compare: also a contact sheet PNG of the first held-out video")
+    ap.add_argument("--json", default=None, help="claims: write the verdicts of the claims among --rows here")
     ap.add_argument("--parallel", type=int, default=2, help="rows evaluated at once, one thread each")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads per training or evaluation process (2: one model or row alone on 2 cores)")  # fmt: skip
@@ -856,6 +919,8 @@ def main() -> int:
         report(args.results)
     if args.what == "compare":  # --rows WIN OTHER ...: paired gains without the whole benchmark's rows
         compare(args.rows, args.sheet)
+    if args.what == "claims":  # --rows R ...: the claims whose two rows are both given, without the other rows
+        claims_of(args.rows or [], args.json)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Background paths drawn by hand, on the shipped demo model: how well the generated video follows them.
 
-    python bench/drawn_paths.py [--ckpt fgbg/assets/demo_model.safetensors] [--frames 16] [--steps 20]
+    python bench/drawn_paths.py [--ckpt fgbg/assets/demo_model.safetensors] [--frames 16] [--steps 20] [--sweep]
 
 The demo page's own request path (``fgbg.app.request.run_request``, what the page runs after the browser
 hands it the drawing): the ``dance_pan`` reference (64x64), the two strokes of the browser test
@@ -12,7 +12,9 @@ hint anchor its bundle recommends and with ``hint_anchor=0``. Two rows need no m
 (its shipped person mask) warped along the same tracks, by the affine fitted to them (a video that follows the
 camera and ignores the strokes' own motion) and with each track's neighbourhood moved as the track says (what
 ``hint_anchor`` pastes).
-Writes ``bench/results/drawn_paths.json``.
+Writes ``bench/results/drawn_paths.json``. ``--sweep`` instead runs the anchored model on four stroke pairs under
+three camera presets with the anchor's per-track neighbourhood at 4 and 6 px (``ANCHOR_TRACK_SIGMA``) and writes
+``bench/results/drawn_paths_sigma.json``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def paste_baseline(tracks: np.ndarray, visible: np.ndarray, group: np.ndarray, c
     return {"sigma_px": sigma, **scores(video, tracks, visible, group, clip_len)}
 
 
-def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: Path) -> tuple[dict, tuple]:
+def measure(
+    ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: Path, strokes=STROKES, preset: str = "pan"
+) -> tuple[dict, tuple]:
     from fgbg.app.examples import EXAMPLES_DIR
     from fgbg.app.request import DRAWN_TRACKS, GenerationRequest, Limits, run_request
     from fgbg.app.server import compose_generate_config
@@ -83,9 +87,9 @@ def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: 
     base = compose_generate_config()
     base.ckpt_path, base.gif = ckpt, False
     base.hint_anchor = hint_anchor
-    drawing = {"width": 64, "height": 64, "strokes": [[[x + 0.5, y + 0.5] for x, y in s] for s in STROKES]}
+    drawing = {"width": 64, "height": 64, "strokes": [[[x + 0.5, y + 0.5] for x, y in s] for s in strokes]}
     req = GenerationRequest(reference=str(EXAMPLES_DIR / "dance_pan.png"), num_frames=frames, steps=steps,
-                            background="camera", preset="pan", drawn_paths=json.dumps(drawing))  # fmt: skip
+                            background="camera", preset=preset, drawn_paths=json.dumps(drawing))  # fmt: skip
     t0 = time.perf_counter()
     result = run_request(req, base, Limits(max_frames=max(frames, 16), max_steps=max(steps, 20)), out)
     seconds = time.perf_counter() - t0
@@ -101,13 +105,76 @@ def measure(ckpt: str, frames: int, steps: int, hint_anchor: float | None, out: 
     return row, (tracks, visible, group, clip_len)
 
 
+# --sweep: the neighbourhood each track carries in the anchor's paste (fgbg.models.module.ANCHOR_TRACK_SIGMA), on
+# the test's strokes and three other pairs on background the reference shows, under three camera presets.
+SWEEP_STROKES = {
+    "test": STROKES,
+    "left_top": [[(6, 44), (6, 30)], [(10, 8), (22, 12)]],
+    "right_top": [[(58, 6), (62, 16)], [(26, 6), (20, 14)]],
+    "long": [[(4, 60), (24, 58)], [(8, 30), (14, 8)]],
+}
+SWEEP_PRESETS = ("pan", "zoom", "shake")
+SWEEP_SIGMA_PX = (4.0, 6.0)  # at 64x64: the anchor's neighbourhood before 2026-12-02, and since
+
+
+def sweep(ckpt: str, frames: int, steps: int, out: str, sigmas=SWEEP_SIGMA_PX, sets=None, presets=SWEEP_PRESETS):
+    """Stroke and all-track error per clip, with the bundle's recommended anchor, for each stroke pair x camera
+    preset x anchor neighbourhood (px at 64x64; the module constant is set for the run and restored after)."""
+    import fgbg.models.module as module
+
+    sets = sets or list(SWEEP_STROKES)
+    cases, saved = [], module.ANCHOR_TRACK_SIGMA
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in sets:
+                for preset in presets:
+                    for sigma in sigmas:
+                        module.ANCHOR_TRACK_SIGMA = sigma / 64
+                        r, _ = measure(ckpt, frames, steps, None, Path(tmp) / f"{name}_{preset}_{sigma}",
+                                       SWEEP_STROKES[name], preset)  # fmt: skip
+                        cases.append({"strokes": name, "preset": preset, "sigma_px": sigma,
+                                      "stroke_clip_px": r["strokes"]["track_error_clip_px"],
+                                      "stroke_lost_clip": r["strokes"]["track_lost_fraction_clip"],
+                                      "stroke_whole_px": r["strokes"]["track_error_px"],
+                                      "all_clip_px": r["all"]["track_error_clip_px"],
+                                      "all_lost_clip": r["all"]["track_lost_fraction_clip"]})  # fmt: skip
+                        c = cases[-1]
+                        print(f"[drawn-paths] sweep {name} {preset} sigma {sigma:g} px: strokes per clip "
+                              f"{c['stroke_clip_px']:.2f} px (lost {c['stroke_lost_clip']:.2f}), all per clip "
+                              f"{c['all_clip_px']:.2f} px", flush=True)  # fmt: skip
+    finally:
+        module.ANCHOR_TRACK_SIGMA = saved
+    summary = {}
+    for sigma in sigmas:
+        mine = [c for c in cases if c["sigma_px"] == sigma]
+        summary[f"{sigma:g}"] = {k: float(np.mean([c[k] for c in mine]))
+                                 for k in ("stroke_clip_px", "stroke_lost_clip", "stroke_whole_px", "all_clip_px")}  # fmt: skip
+    report = {"ckpt": ckpt, "frames": frames, "steps": steps, "strokes": {k: SWEEP_STROKES[k] for k in sets},
+              "mean": summary, "cases": cases}  # fmt: skip
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=float))
+    for sigma, m in summary.items():
+        print(f"[drawn-paths] sweep sigma {sigma} px, mean of {len(cases) // len(sigmas)}: strokes per clip "
+              f"{m['stroke_clip_px']:.3f} px, all per clip {m['all_clip_px']:.3f} px", flush=True)  # fmt: skip
+    print(f"[drawn-paths] wrote {out}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default=str(ROOT / "fgbg" / "assets" / "demo_model.safetensors"))
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "drawn_paths.json"))
+    p.add_argument("--out", default=None, help="default bench/results/drawn_paths.json (_sigma.json with --sweep)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: the anchor's per-track neighbourhood (4 and 6 px) over four stroke pairs x three presets")  # fmt: skip
     args = p.parse_args(argv)
+    if args.sweep:
+        sweep(
+            args.ckpt, args.frames, args.steps, args.out or str(ROOT / "bench" / "results" / "drawn_paths_sigma.json")
+        )
+        return
+    args.out = args.out or str(ROOT / "bench" / "results" / "drawn_paths.json")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, anchor in (("recommended", None), ("hint_anchor_0", 0.0)):

@@ -35,11 +35,12 @@ def test_claims_pipeline_trains_evaluates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_claims_latent_config_trains_eleven_models_and_reports_twenty_four_rows(tmp_path):
+def test_claims_latent_config_trains_twelve_models_and_reports_twenty_seven_rows(tmp_path):
     """`--config latent`: the tiny latent model (bundled VAE), the link-augmentation and hint-space variants, link
-    variants, the pixel baseline, the demo recipe on the 16-channel VAE and on the AutoencoderDC, five rows that
-    generate with the hints anchored (one ending on the hints' pixels) and four rows that generate nothing (the
-    first frame held, the three VAEs' round trips)."""
+    variants, the pixel baseline, the demo recipe on the 16-channel VAE and on the AutoencoderDC (with its pose-only
+    twin), eight rows that generate with the hints anchored (one ending on the hints' pixels; three the paper's
+    ablations of the demo model) and four rows that generate nothing (the first frame held, the three VAEs' round
+    trips)."""
     out = tmp_path / "claims_latent"
     page = tmp_path / "docs" / "results_latent.md"
     page.parent.mkdir()
@@ -53,10 +54,12 @@ def test_claims_latent_config_trains_eleven_models_and_reports_twenty_four_rows(
             "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image", "pixel_no_aug_no_tracks",
             "pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image", "c16_pw5_image_anchor",
             "vae_reconstruction_c16", "c16_pw5_image_anchor_pixel", "dc16_pw5_image_anchor",
-            "vae_reconstruction_dc"}  # fmt: skip
+            "vae_reconstruction_dc", "dc16_no_tracks_anchor", "dc16_pw5_image_anchor_no_link",
+            "dc16_pw5_image_anchor_first_clip_ref"}  # fmt: skip
     assert set(summary["rows"]) == rows  # pixel_32: the shipped 32x32 pixel model on the same videos
     for row in ("pixel_no_aug_pw5_image_anchor", "pixel_32_anchor", "c16_pw5_image_anchor", "dc16_pw5_image_anchor",
-                "c16_pw5_image_anchor_pixel"):  # fmt: skip
+                "c16_pw5_image_anchor_pixel", "dc16_no_tracks_anchor", "dc16_pw5_image_anchor_no_link",
+                "dc16_pw5_image_anchor_first_clip_ref"):  # fmt: skip
         anchored = json.loads((out / "eval" / row / "metrics.json").read_text())  # what was used
         assert anchored["settings"]["sampling"]["hint_anchor"] == 1.0
         finish = "pixel" if row.endswith("_pixel") else "blend"
@@ -80,11 +83,22 @@ def test_claims_latent_config_trains_eleven_models_and_reports_twenty_four_rows(
     assert dc["samples"] == 2 and dc["mean"]["psnr"] > vae16["mean"]["psnr"]  # the AutoencoderDC keeps more still
     assert set(summary["training"]) == {"full", "no_tracks", "no_link_aug", "pixel_hints", "pixel_no_aug",
                                         "pixel_no_aug_pw5", "pixel_no_aug_pw5_image", "pixel_no_aug_pw10_image",
-                                        "pixel_no_aug_no_tracks", "c16_pw5_image", "dc16_pw5_image"}  # fmt: skip
+                                        "pixel_no_aug_no_tracks", "c16_pw5_image", "dc16_pw5_image",
+                                        "dc16_pw5_image_no_tracks"}  # fmt: skip
+    assert {v["claim"] for v in summary["claims"] if "demo model" in v["claim"]} == {
+        "tracks move the background (demo model)",
+        "linking removes seams (demo model)",
+        "reference at every clip stops drift (demo model)",
+        "the demo model beats the 32x32 pixel model",
+    }
+    ablated = json.loads((out / "eval" / "dc16_pw5_image_anchor_first_clip_ref" / "metrics.json").read_text())
+    assert ablated["settings"]["reference_every_clip"] is False
     c16 = (out / "video" / "runs" / "c16_pw5_image" / ".hydra" / "config.yaml").read_text()
     assert "tiny_vae_c16" in c16 and "in_channels: 16" in c16
     dc16 = (out / "video" / "runs" / "dc16_pw5_image" / ".hydra" / "config.yaml").read_text()
     assert "tiny_vae_dc" in dc16 and "in_channels: 16" in dc16
+    pose_only = (out / "video" / "runs" / "dc16_pw5_image_no_tracks" / ".hydra" / "config.yaml").read_text()
+    assert "tiny_vae_dc" in pose_only and "use_tracks: false" in pose_only
     # `image:` overrides reach stage image only: stage video keeps the experiment's person weight (1x)
     image = (out / "image" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
     video = (out / "video" / "runs" / "pixel_no_aug_pw10_image" / ".hydra" / "config.yaml").read_text()
@@ -136,6 +150,29 @@ def test_overrides_command_prints_one_stage_of_a_models_overrides():
     assert run("--models", "full").stdout == ""  # no overrides: no line (an empty argument would reach Hydra)
     bad = run("--models", "bogus")
     assert bad.returncode == 2 and "invalid choice: 'bogus'" in bad.stderr
+
+
+def test_claims_command_judges_the_claims_between_the_given_rows(tmp_path):
+    """`claims --rows A B ... --json F`: only the claims whose two rows are both given, judged paired by video
+    without the benchmark's other rows; a set of rows no claim compares is refused, naming the rows."""
+    out = tmp_path / "claims_latent"
+    seam = {"dc16_pw5_image_anchor": [1.0, 0.9, 1.0], "dc16_pw5_image_anchor_no_link": [1.5, 1.6, 1.4]}
+    for row, values in seam.items():
+        per_sample = [{"key": f"v{i}", "seam_score": v} for i, v in enumerate(values)]
+        (out / "eval" / row).mkdir(parents=True)
+        (out / "eval" / row / "metrics.json").write_text(json.dumps({"mean": {"seam_score": sum(values) / 3},
+                                                                     "per_sample": per_sample}))  # fmt: skip
+    cmd = [sys.executable, "bench/claims.py", "claims", "--config", "latent", "--out", str(out), "--json",
+           str(tmp_path / "c.json"), "--rows", *seam]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (
+        "| linking removes seams (demo model) | seam_score |" in proc.stdout and "0.533 +- 0.088 | yes |" in proc.stdout
+    )
+    (verdict,) = json.loads((tmp_path / "c.json").read_text())["claims"]  # no other claim has both rows here
+    assert verdict["holds"] == "yes" and verdict["samples"] == 3 and abs(verdict["gain"] - 1.6 / 3) < 1e-9
+    proc = subprocess.run(cmd[:-1], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no claim compares two of ['dc16_pw5_image_anchor']" in proc.stderr
 
 
 def test_compare_pairs_rows_by_video(tmp_path):

@@ -153,3 +153,22 @@ def test_the_benchmarks_baseline_without_a_model_moves_the_reference_along_the_s
     local = paste_baseline(d.tracks, d.visible, d.group, 8, 4.0)
     assert local["sigma_px"] == 4.0 and set(local) == {"sigma_px", "all", "strokes"}
     assert local["strokes"]["track_error_clip_px"] < affine["strokes"]["track_error_clip_px"]
+
+
+def test_the_sweep_runs_each_anchor_neighbourhood_and_restores_the_constant(tmp_path):
+    """bench/drawn_paths.py --sweep's loop on a tiny anchored bundle (one stroke pair, one preset, two sigmas): a
+    case per sigma with the strokes' figures, their mean per sigma, and the module constant as it was after."""
+    import fgbg.models.module as module
+    from bench.drawn_paths import sweep
+    from tests.conftest import save_tiny_bundle
+
+    bundle = save_tiny_bundle(tmp_path / "m.safetensors", resolution=16, clip_len=4,
+                              extra={"generation": {"hint_anchor": 1.0}})  # fmt: skip
+    before = module.ANCHOR_TRACK_SIGMA
+    report = sweep(str(bundle), 8, 1, str(tmp_path / "s.json"), sigmas=(2.0, 6.0), sets=["test"], presets=("pan",))
+    assert module.ANCHOR_TRACK_SIGMA == before
+    assert [(c["strokes"], c["preset"], c["sigma_px"]) for c in report["cases"]] == [("test", "pan", 2.0),
+                                                                                       ("test", "pan", 6.0)]  # fmt: skip
+    assert set(report["mean"]) == {"2", "6"} and json.loads((tmp_path / "s.json").read_text())["mean"] == report["mean"]
+    for case in report["cases"]:
+        assert case["stroke_clip_px"] >= 0 and 0.0 <= case["stroke_lost_clip"] <= 1.0

@@ -175,8 +175,10 @@ SAMPLE_DEFAULTS = {**LINK_DEFAULTS, "hint_anchor": 0.0, "anchor_finish": "blend"
 # diffusers' inpainting overlay of the known region).
 ANCHOR_FINISHES = ("blend", "latent", "pixel")
 # hint_anchor's motion hint: the reference around each track moves with the track (not only by the affine fitted
-# to all of them), over a Gaussian of this fraction of the image's longer side (4 px at 64x64).
-ANCHOR_TRACK_SIGMA = 1 / 16
+# to all of them), over a Gaussian of this fraction of the image's longer side (6 px at 64x64). 4 px (until
+# 2026-12-02) moved too little of what surrounds a drawn stroke to be seen moving; 6 px followed strokes closer in
+# each of 12 stroke-pair x camera cases, 8 px began to blend neighbouring tracks (bench/drawn_paths.py --sweep).
+ANCHOR_TRACK_SIGMA = 3 / 32
 
 
 def check_link_options(link_mode: str, link_noise, link_init_weight) -> None:
