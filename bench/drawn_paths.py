@@ -114,6 +114,7 @@ SWEEP_STROKES = {
     "long": [[(4, 60), (24, 58)], [(8, 30), (14, 8)]],
 }
 SWEEP_PRESETS = ("pan", "zoom", "shake")
+PASTE_SIGMA_PX = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 SWEEP_SIGMA_PX = (4.0, 6.0)  # at 64x64: the anchor's neighbourhood before 2026-12-02, and since
 
 
@@ -123,15 +124,17 @@ def sweep(ckpt: str, frames: int, steps: int, out: str, sigmas=SWEEP_SIGMA_PX, s
     import fgbg.models.module as module
 
     sets = sets or list(SWEEP_STROKES)
-    cases, saved = [], module.ANCHOR_TRACK_SIGMA
+    cases, saved, paste = [], module.ANCHOR_TRACK_SIGMA, None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in sets:
                 for preset in presets:
                     for sigma in sigmas:
                         module.ANCHOR_TRACK_SIGMA = sigma / 64
-                        r, _ = measure(ckpt, frames, steps, None, Path(tmp) / f"{name}_{preset}_{sigma}",
-                                       SWEEP_STROKES[name], preset)  # fmt: skip
+                        r, given = measure(ckpt, frames, steps, None, Path(tmp) / f"{name}_{preset}_{sigma}",
+                                           SWEEP_STROKES[name], preset)  # fmt: skip
+                        if name == "test" and preset == "pan" and r["size"] == [64, 64]:
+                            paste = given  # the no-model paste's sweep below uses the test's tracks
                         cases.append({"strokes": name, "preset": preset, "sigma_px": sigma,
                                       "stroke_clip_px": r["strokes"]["track_error_clip_px"],
                                       "stroke_lost_clip": r["strokes"]["track_lost_fraction_clip"],
@@ -151,6 +154,13 @@ def sweep(ckpt: str, frames: int, steps: int, out: str, sigmas=SWEEP_SIGMA_PX, s
                                  for k in ("stroke_clip_px", "stroke_lost_clip", "stroke_whole_px", "all_clip_px")}  # fmt: skip
     report = {"ckpt": ckpt, "frames": frames, "steps": steps, "strokes": {k: SWEEP_STROKES[k] for k in sets},
               "mean": summary, "cases": cases}  # fmt: skip
+    if paste is not None:  # no model: the reference warped along the test's tracks, neighbourhood 0 (affine) to 10 px
+        tracks, visible, group, clip_len = paste
+        report["paste_strokes_clip_px"] = {
+            f"{s:g}": paste_baseline(tracks, visible, group, clip_len, s)["strokes"]["track_error_clip_px"]
+            for s in PASTE_SIGMA_PX
+        }
+        print(f"[drawn-paths] sweep paste (no model), strokes per clip by sigma px: {report['paste_strokes_clip_px']}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=float))
     for sigma, m in summary.items():
