@@ -440,6 +440,17 @@ def verdicts_of(results: dict[str, dict], claims: list[tuple]) -> list[dict]:
     return verdicts
 
 
+def claims_table(verdicts: list[dict], claims: list[tuple], bare: tuple[str, ...] = ()) -> list[str]:
+    """The verdicts as Markdown table lines (header first); a claiming row in ``bare`` is shown by its value alone."""
+    lines = ["| claim | metric | claiming row | other row | gain +- SE | holds |", "|---|---|---|---|---|---|"]
+    for v, (claim, win, lose, key) in zip(verdicts, claims, strict=True):
+        mark = v["holds"] if v["holds"] == "yes" else f"**{v['holds']}**"
+        mine = f"{v[win]:.3f}" if win in bare else f"{win}: {v[win]:.3f}"
+        lines.append(f"| {claim} | {key} | {mine} | {lose}: {v[lose]:.3f} | {v['gain']:.3f} +- {v['se']:.3f} "
+                     f"| {mark} |")  # fmt: skip
+    return lines
+
+
 def claims_of(rows: list[str], out_json: str | None) -> list[dict]:
     """The claims whose two rows are both among ``rows``, judged without the whole benchmark (``report`` needs
     every row): a Markdown table printed, and the verdicts written to ``out_json`` when given."""
@@ -448,11 +459,7 @@ def claims_of(rows: list[str], out_json: str | None) -> list[dict]:
         sys.exit(f"[claims] claims: no claim compares two of {rows}; each claim names its rows in CLAIMS")
     results = load_rows(sorted({r for c in chosen for r in c[1:3]}))
     verdicts = verdicts_of(results, chosen)
-    print("| claim | metric | claiming row | other row | gain +- SE | holds |\n|---|---|---|---|---|---|")
-    for v, (claim, win, lose, key) in zip(verdicts, chosen, strict=True):
-        holds = v["holds"] if v["holds"] == "yes" else f"**{v['holds']}**"
-        print(f"| {claim} | {key} | {win}: {v[win]:.3f} | {lose}: {v[lose]:.3f} | {v['gain']:.3f} +- {v['se']:.3f} "
-              f"| {holds} |", flush=True)  # fmt: skip
+    print("\n".join(claims_table(verdicts, chosen)), flush=True)
     if out_json:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
         with open(out_json, "w") as f:
@@ -556,14 +563,8 @@ def report(out_md: str) -> dict:
         "standard error over the held-out videos (gain > 0 means the claiming row, the full model unless named, is",
         "better).",
         "",
-        "| claim | metric | claiming row | other row | gain +- SE | holds |",
-        "|---|---|---|---|---|---|",
+        *claims_table(verdicts, CLAIMS, bare=("full",)),
     ]
-    for v, (claim, win, lose, key) in zip(verdicts, CLAIMS, strict=True):
-        mark = v["holds"] if v["holds"] == "yes" else f"**{v['holds']}**"
-        mine = f"{v[win]:.3f}" if win == "full" else f"{win}: {v[win]:.3f}"
-        lines.append(f"| {claim} | {key} | {mine} | {lose}: {v[lose]:.3f} | {v['gain']:.3f} +- {v['se']:.3f} "
-                     f"| {mark} |")  # fmt: skip
     lines += ["", "## Training budget (the same for every trained model)", "",
               "| model | stage | steps | seconds | budget |", "|---|---|---|---|---|"]  # fmt: skip
     for model in MODELS:

@@ -20,6 +20,7 @@ three camera presets with the anchor's per-track neighbourhood at 4 and 6 px (``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -127,24 +128,21 @@ def sweep(ckpt: str, frames: int, steps: int, out: str, sigmas=SWEEP_SIGMA_PX, s
     cases, saved, paste = [], module.ANCHOR_TRACK_SIGMA, None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for name in sets:
-                for preset in presets:
-                    for sigma in sigmas:
-                        module.ANCHOR_TRACK_SIGMA = sigma / 64
-                        r, given = measure(ckpt, frames, steps, None, Path(tmp) / f"{name}_{preset}_{sigma}",
-                                           SWEEP_STROKES[name], preset)  # fmt: skip
-                        if name == "test" and preset == "pan" and r["size"] == [64, 64]:
-                            paste = given  # the no-model paste's sweep below uses the test's tracks
-                        cases.append({"strokes": name, "preset": preset, "sigma_px": sigma,
-                                      "stroke_clip_px": r["strokes"]["track_error_clip_px"],
-                                      "stroke_lost_clip": r["strokes"]["track_lost_fraction_clip"],
-                                      "stroke_whole_px": r["strokes"]["track_error_px"],
-                                      "all_clip_px": r["all"]["track_error_clip_px"],
-                                      "all_lost_clip": r["all"]["track_lost_fraction_clip"]})  # fmt: skip
-                        c = cases[-1]
-                        print(f"[drawn-paths] sweep {name} {preset} sigma {sigma:g} px: strokes per clip "
-                              f"{c['stroke_clip_px']:.2f} px (lost {c['stroke_lost_clip']:.2f}), all per clip "
-                              f"{c['all_clip_px']:.2f} px", flush=True)  # fmt: skip
+            for name, preset, sigma in itertools.product(sets, presets, sigmas):
+                module.ANCHOR_TRACK_SIGMA = sigma / 64
+                r, given = measure(ckpt, frames, steps, None, Path(tmp) / f"{name}_{preset}_{sigma}",
+                                   SWEEP_STROKES[name], preset)  # fmt: skip
+                if name == "test" and preset == "pan" and r["size"] == [64, 64]:
+                    paste = given  # the no-model paste's sweep below uses the test's tracks
+                c = {"strokes": name, "preset": preset, "sigma_px": sigma,
+                     "stroke_clip_px": r["strokes"]["track_error_clip_px"],
+                     "stroke_lost_clip": r["strokes"]["track_lost_fraction_clip"],
+                     "stroke_whole_px": r["strokes"]["track_error_px"], "all_clip_px": r["all"]["track_error_clip_px"],
+                     "all_lost_clip": r["all"]["track_lost_fraction_clip"]}  # fmt: skip
+                cases.append(c)
+                print(f"[drawn-paths] sweep {name} {preset} sigma {sigma:g} px: strokes per clip "
+                      f"{c['stroke_clip_px']:.2f} px (lost {c['stroke_lost_clip']:.2f}), all per clip "
+                      f"{c['all_clip_px']:.2f} px", flush=True)  # fmt: skip
     finally:
         module.ANCHOR_TRACK_SIGMA = saved
     summary = {}
